@@ -1,0 +1,257 @@
+"""The ELMo biLM in plain PyTorch: char CNN, highway, projection, two directional LSTM stacks.
+
+This is the readable reference implementation; faster engines are tested against it.
+Parameters are kept in the layout of the released weight files (TensorFlow style,
+``y = x @ W + b``; LSTM gates in the order i, j, f, o; no forget bias stored), so that
+loading and saving is a plain copy.
+
+Shapes: B batch rows, T tokens, C characters per token, P projection size (``word_emb``
+width), H LSTM cells.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from elmo.chars import BOS_TOKEN, EOS_TOKEN, token_to_char_ids
+from elmo.config import CharCNNConfig, ElmoConfig, LSTMConfig
+
+__all__ = ["linear", "TokenEncoder", "LSTMLayer", "LayerState", "BiLMOutput", "ElmoBiLM"]
+
+# TensorFlow's LSTMCell adds this to the forget gate at run time; the files omit it.
+FORGET_BIAS = 1.0
+
+# BLAS libraries switch to other kernels (with another summation order) for matrices of
+# very few rows, so a sentence's result would depend on how many others share its batch.
+# Padding every product to at least this many rows keeps all rows on one kernel, which
+# makes outputs identical whatever the batch composition.
+MIN_ROWS = 16
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ weight + bias`` for 2-D ``x``, with the same rounding for any number of rows."""
+    rows = x.shape[0]
+    if 0 < rows < MIN_ROWS:
+        x = torch.cat([x, x.new_zeros(MIN_ROWS - rows, x.shape[1])])
+    out = x @ weight if bias is None else torch.addmm(bias, x, weight)
+    return out[:rows]
+
+
+class TokenEncoder(nn.Module):
+    """Context-free token representation: char embedding, CNN, highway, projection.
+
+    Maps ``[N, C]`` character ids (+1 shifted, all > 0) to ``[N, P]``. Tokens are
+    independent of each other, so long inputs are processed in chunks of
+    ``chunk_size`` tokens to bound the memory of the convolution outputs.
+    """
+
+    def __init__(self, cnn: CharCNNConfig, projection_dim: int, chunk_size: int = 256) -> None:
+        super().__init__()
+        self.activation = cnn.activation
+        self.chunk_size = chunk_size
+        emb, width = cnn.embedding_dim, cnn.n_filters
+        # Row 0 is the all-zero embedding of "no character"; rows 1..261 come from the file.
+        self.char_embed = nn.Parameter(torch.zeros(262, emb))
+        self.conv_weights = nn.ParameterList(
+            [nn.Parameter(torch.empty(1, w, emb, n)) for w, n in cnn.filters]
+        )
+        self.conv_biases = nn.ParameterList([nn.Parameter(torch.empty(n)) for _, n in cnn.filters])
+        self.highway_carry_w = nn.ParameterList(
+            [nn.Parameter(torch.empty(width, width)) for _ in range(cnn.n_highway)]
+        )
+        self.highway_carry_b = nn.ParameterList(
+            [nn.Parameter(torch.empty(width)) for _ in range(cnn.n_highway)]
+        )
+        self.highway_transform_w = nn.ParameterList(
+            [nn.Parameter(torch.empty(width, width)) for _ in range(cnn.n_highway)]
+        )
+        self.highway_transform_b = nn.ParameterList(
+            [nn.Parameter(torch.empty(width)) for _ in range(cnn.n_highway)]
+        )
+        self.proj_w = nn.Parameter(torch.empty(width, projection_dim))
+        self.proj_b = nn.Parameter(torch.empty(projection_dim))
+
+    def forward(self, char_ids: Tensor) -> Tensor:
+        if char_ids.shape[0] <= self.chunk_size:
+            return self._encode(char_ids)
+        return torch.cat([self._encode(c) for c in char_ids.split(self.chunk_size)])
+
+    def _encode(self, char_ids: Tensor) -> Tensor:
+        x = F.embedding(char_ids, self.char_embed).transpose(1, 2)  # [N, emb, C]
+        pooled = []
+        for w, b in zip(self.conv_weights, self.conv_biases):
+            # File layout (1, width, emb, num) -> torch's (num, emb, width).
+            conv = F.conv1d(x, w[0].permute(2, 1, 0), b)
+            # Max over positions first, then the activation (as the reference does).
+            pooled.append(conv.amax(dim=2))
+        h = torch.cat(pooled, dim=1)
+        h = torch.relu(h) if self.activation == "relu" else torch.tanh(h)
+        for wc, bc, wt, bt in zip(
+            self.highway_carry_w, self.highway_carry_b, self.highway_transform_w, self.highway_transform_b
+        ):
+            gate = torch.sigmoid(linear(h, wc, bc))
+            h = gate * torch.relu(linear(h, wt, bt)) + (1.0 - gate) * h
+        return linear(h, self.proj_w, self.proj_b)
+
+
+@dataclass
+class LayerState:
+    """The recurrent state of one LSTM layer in both directions, one row per sentence."""
+
+    forward_h: Tensor
+    forward_c: Tensor
+    backward_h: Tensor
+    backward_c: Tensor
+
+    def rows(self, n: int) -> LayerState:
+        return LayerState(self.forward_h[:n], self.forward_c[:n], self.backward_h[:n], self.backward_c[:n])
+
+
+class LSTMLayer(nn.Module):
+    """One direction of one layer: an LSTM with cell clipping and a clipped projection.
+
+    ``kernel`` is ``[input + P, 4H]`` over ``concat([x, h_prev])``; gate blocks are
+    i (input), j (candidate), f (forget), o (output).
+    """
+
+    def __init__(self, input_dim: int, cfg: LSTMConfig, rows_per_block: int = 1024) -> None:
+        super().__init__()
+        self.input_dim = input_dim
+        self.cell_clip = None if cfg.cell_clip is None else float(cfg.cell_clip)
+        self.proj_clip = None if cfg.proj_clip is None else float(cfg.proj_clip)
+        self.rows_per_block = rows_per_block
+        self.kernel = nn.Parameter(torch.empty(input_dim + cfg.projection_dim, 4 * cfg.dim))
+        self.bias = nn.Parameter(torch.empty(4 * cfg.dim))
+        self.projection = nn.Parameter(torch.empty(cfg.dim, cfg.projection_dim))
+
+    def forward(self, x: Tensor, mask: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Run over ``x`` [B, T, input] left to right.
+
+        ``mask`` [B, T] must be a prefix mask (row b is valid for t < length_b). Rows keep
+        their state past their end, so the returned ``(h, c)`` is each row's state after
+        its last valid step. Outputs past a row's end are exactly zero.
+        """
+        batch, steps, _ = x.shape
+        w_input, w_hidden = self.kernel[: self.input_dim], self.kernel[self.input_dim :]
+        out = x.new_zeros(batch, steps, self.projection.shape[1])
+        # Input-to-hidden products for a block of steps in one matmul; blocks bound memory.
+        block = max(1, self.rows_per_block // max(batch, 1))
+        for start in range(0, steps, block):
+            stop = min(steps, start + block)
+            x_proj = linear(x[:, start:stop].reshape(-1, self.input_dim), w_input, self.bias)
+            x_proj = x_proj.view(batch, stop - start, -1)
+            for t in range(start, stop):
+                gates = x_proj[:, t - start] + linear(h, w_hidden)
+                i, j, f, o = gates.chunk(4, dim=1)
+                c_new = torch.sigmoid(i) * torch.tanh(j) + torch.sigmoid(f + FORGET_BIAS) * c
+                if self.cell_clip is not None:
+                    c_new = c_new.clamp(-self.cell_clip, self.cell_clip)
+                h_new = linear(torch.sigmoid(o) * torch.tanh(c_new), self.projection)
+                if self.proj_clip is not None:
+                    h_new = h_new.clamp(-self.proj_clip, self.proj_clip)
+                valid = mask[:, t, None]
+                c = torch.where(valid, c_new, c)
+                h = torch.where(valid, h_new, h)
+                out[:, t] = h_new.masked_fill(~valid, 0.0)
+        return out, h, c
+
+
+@dataclass
+class BiLMOutput:
+    """What the biLM computes for a batch, with the sentence markers already removed.
+
+    ``layers[0]`` is the token representation ``[B, T, P]`` (``word_emb``);
+    ``layers[k]`` for k >= 1 is ``[B, T, 2P]``, forward and backward outputs of LSTM
+    layer k. ``mask`` [B, T] marks real tokens; every other position is exactly zero.
+    ``state`` is the recurrent state each row ended in, one entry per layer.
+    """
+
+    layers: list[Tensor]
+    mask: Tensor
+    state: list[LayerState]
+
+
+def _reverse_rows(x: Tensor, lengths: Tensor) -> Tensor:
+    """Reverse each row's first ``lengths[b]`` steps; later steps stay in place."""
+    steps = x.shape[1]
+    t = torch.arange(steps, device=x.device).unsqueeze(0)
+    idx = torch.where(t < lengths.unsqueeze(1), lengths.unsqueeze(1) - 1 - t, t)
+    return x.gather(1, idx.unsqueeze(2).expand_as(x))
+
+
+class ElmoBiLM(nn.Module):
+    """The bidirectional language model that ELMo's representations come from.
+
+    ``forward`` takes character ids ``[B, T, C]`` without sentence markers (all-zero
+    rows are batch padding) and adds ``<S>``/``</S>`` around each sentence itself.
+    """
+
+    def __init__(self, config: ElmoConfig) -> None:
+        super().__init__()
+        self.config = config
+        lstm = config.lstm
+        self.token_encoder = TokenEncoder(config.char_cnn, lstm.projection_dim)
+        self.forward_layers = nn.ModuleList(
+            [LSTMLayer(lstm.projection_dim, lstm) for _ in range(lstm.n_layers)]
+        )
+        self.backward_layers = nn.ModuleList(
+            [LSTMLayer(lstm.projection_dim, lstm) for _ in range(lstm.n_layers)]
+        )
+        max_chars = config.char_cnn.max_characters_per_token
+        markers = [token_to_char_ids(BOS_TOKEN, max_chars), token_to_char_ids(EOS_TOKEN, max_chars)]
+        self.register_buffer("_marker_ids", torch.tensor(markers), persistent=False)
+
+    @property
+    def num_layers(self) -> int:
+        """Number of output layers: the token layer plus one per LSTM layer."""
+        return self.config.lstm.n_layers + 1
+
+    def zero_state(self, batch: int) -> list[LayerState]:
+        """All-zero recurrent state for ``batch`` rows."""
+        p, h = self.config.lstm.projection_dim, self.config.lstm.dim
+        ref = self.token_encoder.proj_b
+        z = lambda n: ref.new_zeros(batch, n)  # noqa: E731
+        return [LayerState(z(p), z(h), z(p), z(h)) for _ in self.forward_layers]
+
+    def forward(self, char_ids: Tensor, state: list[LayerState] | None = None) -> BiLMOutput:
+        batch, steps, _ = char_ids.shape
+        mask = (char_ids > 0).any(dim=2)
+        lengths = mask.sum(dim=1)
+        if not torch.equal(mask, torch.arange(steps, device=mask.device) < lengths.unsqueeze(1)):
+            raise ValueError("character ids: padding tokens (all zero) must come after the real tokens of a row")
+        if state is None:
+            state = self.zero_state(batch)
+
+        tokens = self.token_encoder(char_ids[mask])  # only real tokens: [N, P]
+        bos, eos = self.token_encoder(self._marker_ids)
+        word_emb = tokens.new_zeros(batch, steps, tokens.shape[1])
+        word_emb[mask] = tokens
+
+        # The LSTM input: <S> w_1 .. w_n </S> per row, then padding.
+        lengths2 = lengths + 2
+        x = torch.cat([word_emb.new_zeros(batch, 1, tokens.shape[1]), word_emb,
+                       word_emb.new_zeros(batch, 1, tokens.shape[1])], dim=1)
+        x[:, 0] = bos
+        x[torch.arange(batch, device=x.device), lengths + 1] = eos
+        mask2 = torch.arange(steps + 2, device=x.device) < lengths2.unsqueeze(1)
+
+        layers = [word_emb]
+        final: list[LayerState] = []
+        fwd_in, bwd_in = x, _reverse_rows(x, lengths2)
+        skip = self.config.lstm.use_skip_connections
+        for k, (fwd_layer, bwd_layer) in enumerate(zip(self.forward_layers, self.backward_layers)):
+            s = state[k]
+            fwd_out, fh, fc = fwd_layer(fwd_in, mask2, s.forward_h, s.forward_c)
+            bwd_out, bh, bc = bwd_layer(bwd_in, mask2, s.backward_h, s.backward_c)
+            if skip and k > 0:
+                fwd_out = fwd_out + fwd_in
+                bwd_out = bwd_out + bwd_in
+            final.append(LayerState(fh, fc, bh, bc))
+            both = torch.cat([fwd_out, _reverse_rows(bwd_out, lengths2)], dim=2)
+            layers.append(both[:, 1 : steps + 1].masked_fill(~mask.unsqueeze(2), 0.0))
+            fwd_in, bwd_in = fwd_out, bwd_out
+        return BiLMOutput(layers=layers, mask=mask, state=final)

@@ -1,0 +1,175 @@
+"""The TF Hub ``google/elmo`` module's interface as a ``torch.nn.Module``.
+
+Two signatures, as the hub module: ``m(["the cat sat", ...])`` (``default``) and
+``m(tokens=[[...], ...], sequence_len=[...])`` (``tokens``). Both return the hub's
+outputs ``word_emb``, ``lstm_outputs1``, ``lstm_outputs2``, ``elmo``, ``default``, plus
+``mask``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from elmo.chars import batch_to_char_ids
+from elmo.inputs import split_sentences, tokens_to_lists
+from elmo.mix import ScalarMix
+from elmo.model import BiLMOutput, ElmoBiLM, LayerState
+
+__all__ = ["ElmoModule"]
+
+
+class _CarriedState:
+    """LSTM state kept per batch row between calls, as AllenNLP and bilm-tf keep it.
+
+    Row r of a call starts where row r of the previous call ended. A call with more rows
+    than stored starts the new rows from zero; a call with fewer rows uses the first
+    rows and leaves the others stored for later.
+    """
+
+    def __init__(self) -> None:
+        self.layers: list[LayerState] | None = None
+
+    def reset(self) -> None:
+        self.layers = None
+
+    def take(self, bilm: ElmoBiLM, batch: int) -> list[LayerState]:
+        zero = bilm.zero_state(batch)
+        if self.layers is None:
+            return zero
+        out = []
+        for stored, z in zip(self.layers, zero):
+            n = min(batch, stored.forward_h.shape[0])
+            parts = []
+            for old, new in zip(
+                (stored.forward_h, stored.forward_c, stored.backward_h, stored.backward_c),
+                (z.forward_h, z.forward_c, z.backward_h, z.backward_c),
+            ):
+                new[:n] = old[:n].to(new.device)
+                parts.append(new)
+            out.append(LayerState(*parts))
+        return out
+
+    def update(self, final: list[LayerState]) -> None:
+        final = [LayerState(*(t.detach() for t in (s.forward_h, s.forward_c, s.backward_h, s.backward_c)))
+                 for s in final]
+        if self.layers is None:
+            self.layers = final
+            return
+        merged = []
+        for stored, new in zip(self.layers, final):
+            parts = []
+            for old, cur in zip(
+                (stored.forward_h, stored.forward_c, stored.backward_h, stored.backward_c),
+                (new.forward_h, new.forward_c, new.backward_h, new.backward_c),
+            ):
+                if cur.shape[0] >= old.shape[0]:
+                    parts.append(cur)
+                else:
+                    keep = old.to(cur.device).clone()
+                    keep[: cur.shape[0]] = cur
+                    parts.append(keep)
+            merged.append(LayerState(*parts))
+        self.layers = merged
+
+
+class ElmoModule(nn.Module):
+    """ELMo with the TF Hub module's inputs and outputs.
+
+    By default only the layer mix (``mix.weights``, one per layer, and ``mix.gamma``)
+    is trainable, as in the hub module; ``finetune=True`` makes the whole biLM
+    trainable. ``stateful=True`` carries the LSTM state per batch row from call to call
+    (as AllenNLP and bilm-tf do; :meth:`reset_state` starts over); by default every
+    sentence starts from zero state, so its output does not depend on its batch.
+    """
+
+    def __init__(self, bilm: ElmoBiLM, *, stateful: bool = False, finetune: bool = False) -> None:
+        super().__init__()
+        self.bilm = bilm
+        self.mix = ScalarMix(bilm.num_layers)
+        self.stateful = stateful
+        self.finetune = finetune
+        self._state = _CarriedState()
+
+    @property
+    def config(self):  # noqa: ANN201 - ElmoConfig, avoided here to keep the import graph flat
+        return self.bilm.config
+
+    @property
+    def finetune(self) -> bool:
+        """Whether the biLM's own weights are trainable (not only the layer mix)."""
+        return self._finetune
+
+    @finetune.setter
+    def finetune(self, value: bool) -> None:
+        self._finetune = bool(value)
+        for p in self.bilm.parameters():
+            p.requires_grad_(self._finetune)
+
+    def reset_state(self) -> None:
+        """Forget the carried LSTM state (stateful mode); the next call starts from zero."""
+        self._state.reset()
+
+    def forward(
+        self,
+        sentences: Any = None,
+        *,
+        tokens: Any = None,
+        sequence_len: Any = None,
+    ) -> dict[str, Tensor]:
+        """Embed a batch, given either sentence strings or ``tokens`` (+ ``sequence_len``).
+
+        Returns ``word_emb`` [B, T, P], ``lstm_outputs1`` and ``lstm_outputs2``
+        [B, T, 2P], ``elmo`` [B, T, 2P], ``default`` [B, 2P] (mean of ``elmo`` over the
+        real tokens) and ``mask`` [B, T] bool. Padded positions are exactly zero.
+        """
+        if sentences is not None and tokens is not None:
+            raise TypeError("pass either sentences (signature 'default') or tokens= (signature 'tokens'), not both")
+        if tokens is not None:
+            batch = tokens_to_lists(tokens, sequence_len)
+        elif sequence_len is not None:
+            raise TypeError("sequence_len= goes with tokens=; sentence strings need no lengths")
+        elif sentences is None:
+            raise TypeError(
+                "expected sentences (a list of strings) or tokens= (a list of token lists), found neither"
+            )
+        else:
+            batch = split_sentences(sentences)
+        return self.embed_tokens(batch)
+
+    def embed_tokens(self, batch: list[list[str]]) -> dict[str, Tensor]:
+        """The outputs for an already tokenized batch (a list of token lists)."""
+        device = self.mix.weights.device
+        char_ids = batch_to_char_ids(batch, self.config.char_cnn.max_characters_per_token).to(device)
+        return self.embed_char_ids(char_ids)
+
+    def embed_char_ids(self, char_ids: Tensor) -> dict[str, Tensor]:
+        """The outputs for character ids [B, T, C] (+1 shifted, 0 for padding tokens)."""
+        out = self.run_bilm(char_ids)
+        return self.outputs(out)
+
+    def run_bilm(self, char_ids: Tensor) -> BiLMOutput:
+        """Run the biLM (with the carried state in stateful mode); no layer mix."""
+        initial = self._state.take(self.bilm, char_ids.shape[0]) if self.stateful else None
+        with torch.set_grad_enabled(self._finetune and torch.is_grad_enabled()):
+            out = self.bilm(char_ids, initial)
+        if self.stateful:
+            self._state.update(out.state)
+        return out
+
+    def outputs(self, out: BiLMOutput) -> dict[str, Tensor]:
+        """The hub module's output dictionary from the biLM's layers."""
+        word_emb = out.layers[0]
+        layers = [torch.cat([word_emb, word_emb], dim=2), *out.layers[1:]]
+        elmo = self.mix(layers)
+        mask = out.mask
+        counts = mask.sum(dim=1, keepdim=True).clamp(min=1).to(elmo.dtype)
+        result = {"word_emb": word_emb}
+        for k in range(1, len(out.layers)):
+            result[f"lstm_outputs{k}"] = out.layers[k]
+        result["elmo"] = elmo
+        result["default"] = elmo.sum(dim=1) / counts
+        result["mask"] = mask
+        return result

@@ -1,0 +1,177 @@
+"""Reading and writing the released ELMo weight layout (``weights.hdf5``).
+
+The layout is bilm-tf's ``dump_weights`` output, which AllenNLP also reads:
+
+==============================================  ===========================================
+``char_embed``                                  (261, emb): ids 1..261; the loader adds row 0
+``CNN/W_cnn_{i}``, ``CNN/b_cnn_{i}``            (1, width, emb, num), (num,)
+``CNN_high_{k}/W_carry|W_transform``            (F, F); ``b_carry|b_transform`` (F,)
+``CNN_proj/W_proj``, ``CNN_proj/b_proj``        (F, P), (P,)
+``RNN_{d}/RNN/MultiRNNCell/Cell{l}/LSTMCell/``  ``W_0`` (in + P, 4H), ``B`` (4H,),
+                                                ``W_P_0`` (H, P); d 0 forward, 1 backward
+==============================================  ===========================================
+
+All matrices are ``y = x @ W + b``; gates i, j, f, o; the forget bias +1 is not stored.
+Loading checks every dataset against the options before reading anything and reads
+straight into the model's parameters, so memory stays near the file size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from elmo.config import ElmoConfig
+from elmo.errors import WeightsError
+from elmo.model import ElmoBiLM
+
+__all__ = ["dataset_layout", "load_weights", "save_weights"]
+
+# Datasets with these prefixes belong to the LM head (softmax), not to the embedder.
+_IGNORED_PREFIXES = ("softmax",)
+
+
+def _lstm_prefix(direction: int, layer: int) -> str:
+    return f"RNN_{direction}/RNN/MultiRNNCell/Cell{layer}/LSTMCell"
+
+
+def dataset_layout(bilm: ElmoBiLM) -> Iterator[tuple[str, torch.Tensor, str]]:
+    """Each dataset name with the tensor it fills and the options that fix its shape.
+
+    The tensor is a view of the model's parameter (``char_embed`` skips the zero row 0),
+    so reading into it loads the model in place.
+    """
+    cfg: ElmoConfig = bilm.config
+    cnn, lstm = cfg.char_cnn, cfg.lstm
+    enc = bilm.token_encoder
+    yield "char_embed", enc.char_embed.data[1:], f"char_cnn.embedding.dim={cnn.embedding_dim}"
+    for i, (w, b) in enumerate(zip(enc.conv_weights, enc.conv_biases)):
+        why = f"char_cnn.filters[{i}]={list(cnn.filters[i])}, char_cnn.embedding.dim={cnn.embedding_dim}"
+        yield f"CNN/W_cnn_{i}", w.data, why
+        yield f"CNN/b_cnn_{i}", b.data, why
+    width = f"sum of char_cnn.filters widths={cnn.n_filters}"
+    for k in range(cnn.n_highway):
+        yield f"CNN_high_{k}/W_carry", enc.highway_carry_w[k].data, width
+        yield f"CNN_high_{k}/b_carry", enc.highway_carry_b[k].data, width
+        yield f"CNN_high_{k}/W_transform", enc.highway_transform_w[k].data, width
+        yield f"CNN_high_{k}/b_transform", enc.highway_transform_b[k].data, width
+    proj = f"lstm.projection_dim={lstm.projection_dim}"
+    yield "CNN_proj/W_proj", enc.proj_w.data, f"{width}, {proj}"
+    yield "CNN_proj/b_proj", enc.proj_b.data, proj
+    cells = f"lstm.dim={lstm.dim}, {proj}"
+    for d, stack in enumerate((bilm.forward_layers, bilm.backward_layers)):
+        for layer_index, layer in enumerate(stack):
+            pre = _lstm_prefix(d, layer_index)
+            yield f"{pre}/W_0", layer.kernel.data, cells
+            yield f"{pre}/B", layer.bias.data, f"lstm.dim={lstm.dim}"
+            yield f"{pre}/W_P_0", layer.projection.data, cells
+
+
+def _list_datasets(h5: h5py.File) -> dict[str, h5py.Dataset]:
+    found: dict[str, h5py.Dataset] = {}
+
+    def visit(name: str, obj: object) -> None:
+        if isinstance(obj, h5py.Dataset):
+            found[name] = obj
+
+    h5.visititems(visit)
+    return found
+
+
+def _alias(name: str, datasets: dict[str, h5py.Dataset], n_layers: int) -> str:
+    # bilm-tf dumps a one-layer LSTM without the MultiRNNCell scope.
+    if n_layers == 1 and name not in datasets and "/MultiRNNCell/Cell0/" in name:
+        short = name.replace("/MultiRNNCell/Cell0/", "/")
+        if short in datasets:
+            return short
+    return name
+
+
+def load_weights(bilm: ElmoBiLM, path: str | os.PathLike[str]) -> None:
+    """Fill ``bilm``'s parameters from a weight file, validating it against the options.
+
+    Raises :class:`~elmo.errors.WeightsError` naming the file, the dataset, and the
+    expected and found shape or type, for: a missing or unreadable file, a file that is
+    not HDF5 or is truncated, a missing or unexpected dataset, a wrong shape, a
+    non-float dtype, and non-finite values.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"{path}: weight file not found")
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a directory, expected a weights.hdf5 file")
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as e:
+        raise WeightsError(
+            f"{path}: cannot read as HDF5 (not an HDF5 file, or truncated or corrupt): {e}"
+        ) from None
+    with h5:
+        datasets = _list_datasets(h5)
+        layout = list(dataset_layout(bilm))
+        n_layers = bilm.config.lstm.n_layers
+        used: set[str] = set()
+        plan = []
+        for name, target, why in layout:
+            stored = _alias(name, datasets, n_layers)
+            if stored not in datasets:
+                raise WeightsError(
+                    f"{path}: missing dataset '{name}' (expected shape {tuple(target.shape)} from "
+                    f"the options: {why})"
+                )
+            ds = datasets[stored]
+            used.add(stored)
+            if ds.shape != tuple(target.shape):
+                raise WeightsError(
+                    f"{path}: dataset '{stored}': expected shape {tuple(target.shape)} "
+                    f"(from the options: {why}), found {ds.shape}; do the options belong to "
+                    "these weights?"
+                )
+            if ds.dtype.kind != "f":
+                raise WeightsError(
+                    f"{path}: dataset '{stored}': expected float32 values, found dtype {ds.dtype}"
+                )
+            plan.append((stored, ds, target))
+        extra = sorted(n for n in datasets if n not in used and not n.startswith(_IGNORED_PREFIXES))
+        if extra:
+            listed = ", ".join(f"'{n}' {datasets[n].shape}" for n in extra[:5])
+            more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
+            raise WeightsError(
+                f"{path}: dataset {listed}{more} not described by the options "
+                f"(lstm.n_layers={n_layers}, char_cnn.n_highway={bilm.config.char_cnn.n_highway}, "
+                f"{len(bilm.config.char_cnn.filters)} char_cnn.filters); "
+                "do the options belong to these weights?"
+            )
+        for name, ds, target in plan:
+            dest = target.numpy() if target.device.type == "cpu" else np.empty(target.shape, np.float32)
+            try:
+                if ds.size:
+                    ds.read_direct(dest)
+            except (OSError, ValueError, TypeError) as e:
+                raise WeightsError(f"{path}: dataset '{name}': cannot read values ({e})") from None
+            if not np.isfinite(dest).all():
+                raise WeightsError(f"{path}: dataset '{name}': contains NaN or infinite values")
+            if target.device.type != "cpu":
+                target.copy_(torch.from_numpy(dest))
+
+
+def save_weights(bilm: ElmoBiLM, path: str | os.PathLike[str]) -> None:
+    """Write ``bilm``'s parameters in the released layout, atomically.
+
+    The result loads with this package, AllenNLP and bilm-tf's inference code.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with h5py.File(tmp, "w") as h5:
+            for name, tensor, _ in dataset_layout(bilm):
+                h5.create_dataset(name, data=tensor.detach().to("cpu", torch.float32).numpy())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
