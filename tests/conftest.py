@@ -39,8 +39,18 @@ def random_model(size: str, seed: int, gain: int) -> Path:
     if not (out / "weights.hdf5").is_file():
         out.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [sys.executable, str(SHARED / "tools" / "make_random_elmo.py"), "--size", size,
-             "--seed", str(seed), "--gain", str(gain), "--out", str(out)],
+            [
+                sys.executable,
+                str(SHARED / "tools" / "make_random_elmo.py"),
+                "--size",
+                size,
+                "--seed",
+                str(seed),
+                "--gain",
+                str(gain),
+                "--out",
+                str(out),
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
         )

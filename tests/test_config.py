@@ -60,7 +60,7 @@ def test_presets(name, dim, proj, highway):
 
 
 def test_unknown_preset():
-    with pytest.raises(ConfigError, match="unknown model size 'huge'.*small, medium, original"):
+    with pytest.raises(ConfigError, match=r"unknown model size 'huge'.*small, medium, original"):
         ElmoConfig.preset("huge")
 
 
@@ -93,10 +93,16 @@ def _options(**changes):
         ({"lstm__dim": "64"}, r"lstm\.dim: expected an integer, found \"64\""),
         ({"lstm__dim": 0}, r"lstm\.dim: expected an integer >= 1, found 0"),
         ({"lstm__projection_dim": ...}, r"missing key 'lstm\.projection_dim'"),
-        ({"lstm__projection_dim": 128}, r"lstm\.projection_dim: expected at most lstm\.dim \(64\), found 128"),
+        (
+            {"lstm__projection_dim": 128},
+            r"lstm\.projection_dim: expected at most lstm\.dim \(64\), found 128",
+        ),
         ({"lstm__cell_clip": -1}, r"lstm\.cell_clip: expected a positive number, found -1"),
         ({"lstm__use_skip_connections": "yes"}, r"use_skip_connections: expected true or false"),
-        ({"char_cnn__activation": "gelu"}, r"char_cnn\.activation: expected 'relu' or 'tanh', found \"gelu\""),
+        (
+            {"char_cnn__activation": "gelu"},
+            r"char_cnn\.activation: expected 'relu' or 'tanh', found \"gelu\"",
+        ),
         ({"char_cnn__filters": [[1, 4], [2]]}, r"char_cnn\.filters\[1\]: expected \[width, number\]"),
         ({"char_cnn__filters": [[60, 4]]}, r"char_cnn\.filters: expected widths at most"),
         ({"char_cnn__n_characters": 300}, r"char_cnn\.n_characters: expected 261 .* or 262"),

@@ -17,15 +17,15 @@ import torch
 
 __all__ = [
     "BOS_CHAR",
-    "EOS_CHAR",
+    "BOS_TOKEN",
     "BOW_CHAR",
+    "EOS_CHAR",
+    "EOS_TOKEN",
     "EOW_CHAR",
     "PAD_CHAR",
-    "BOS_TOKEN",
-    "EOS_TOKEN",
-    "token_to_char_ids",
-    "sentence_to_char_ids",
     "batch_to_char_ids",
+    "sentence_to_char_ids",
+    "token_to_char_ids",
 ]
 
 # Raw ids, before the +1 shift.

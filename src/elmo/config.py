@@ -18,7 +18,7 @@ from typing import Any
 
 from elmo.errors import ConfigError
 
-__all__ = ["CharCNNConfig", "LSTMConfig", "ElmoConfig", "PRESETS"]
+__all__ = ["PRESETS", "CharCNNConfig", "ElmoConfig", "LSTMConfig"]
 
 _RELEASED_FILTERS = ((1, 32), (2, 32), (3, 64), (4, 128), (5, 256), (6, 512), (7, 1024))
 _ACTIVATIONS = ("relu", "tanh")
@@ -91,9 +91,7 @@ class ElmoConfig:
         try:
             dim, proj, n_highway = PRESETS[name]
         except KeyError:
-            raise ConfigError(
-                f"unknown model size {name!r}: expected one of {', '.join(PRESETS)}"
-            ) from None
+            raise ConfigError(f"unknown model size {name!r}: expected one of {', '.join(PRESETS)}") from None
         return cls(
             char_cnn=CharCNNConfig(n_highway=n_highway),
             lstm=LSTMConfig(dim=dim, projection_dim=proj),
@@ -156,9 +154,7 @@ class ElmoConfig:
             reader.fail("char_cnn.activation", " or ".join(map(repr, _ACTIVATIONS)), activation)
         n_characters = reader.get(cnn_d, "char_cnn", "n_characters", int, default=262)
         if n_characters not in (261, 262):
-            reader.fail(
-                "char_cnn.n_characters", "261 (training ids) or 262 (inference ids)", n_characters
-            )
+            reader.fail("char_cnn.n_characters", "261 (training ids) or 262 (inference ids)", n_characters)
         max_chars = reader.get(cnn_d, "char_cnn", "max_characters_per_token", int)
         if max_chars < 3:
             reader.fail("char_cnn.max_characters_per_token", "an integer >= 3", max_chars)
@@ -185,17 +181,13 @@ class ElmoConfig:
             n_layers=reader.get(lstm_d, "lstm", "n_layers", int, default=1, minimum=1),
             cell_clip=reader.clip(lstm_d, "cell_clip"),
             proj_clip=reader.clip(lstm_d, "proj_clip"),
-            use_skip_connections=reader.get(
-                lstm_d, "lstm", "use_skip_connections", bool, default=False
-            ),
+            use_skip_connections=reader.get(lstm_d, "lstm", "use_skip_connections", bool, default=False),
             _skip_key_present=skip_present,
         )
         if lstm.projection_dim > lstm.dim:
-            reader.fail(
-                "lstm.projection_dim", f"at most lstm.dim ({lstm.dim})", lstm.projection_dim
-            )
+            reader.fail("lstm.projection_dim", f"at most lstm.dim ({lstm.dim})", lstm.projection_dim)
         training = {k: data[k] for k in _TRAINING_KEYS if k in data}
-        extra = {k: v for k, v in data.items() if k not in _TRAINING_KEYS + ("lstm", "char_cnn")}
+        extra = {k: v for k, v in data.items() if k not in (*_TRAINING_KEYS, "lstm", "char_cnn")}
         return cls(char_cnn=char_cnn, lstm=lstm, training=training, extra=extra)
 
     # ------------------------------------------------------------------ writing
@@ -301,8 +293,11 @@ class _Reader:
         else:
             ok = isinstance(value, kind)
         if not ok:
-            self.fail(f"{section}.{key}", {int: "an integer", bool: "true or false",
-                                           str: "a string", list: "a list"}[kind], value)
+            self.fail(
+                f"{section}.{key}",
+                {int: "an integer", bool: "true or false", str: "a string", list: "a list"}[kind],
+                value,
+            )
         if minimum is not None and value < minimum:
             self.fail(f"{section}.{key}", f"an integer >= {minimum}", value)
         return value

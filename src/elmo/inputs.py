@@ -65,7 +65,9 @@ def _lengths(sequence_len: Any, batch: int) -> list[int]:
         sequence_len = sequence_len.tolist()
     values = _as_list(sequence_len, "sequence_len")
     if len(values) != batch:
-        raise ValueError(f"sequence_len: expected {batch} lengths (one per row of tokens), found {len(values)}")
+        raise ValueError(
+            f"sequence_len: expected {batch} lengths (one per row of tokens), found {len(values)}"
+        )
     lengths = []
     for i, v in enumerate(values):
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):

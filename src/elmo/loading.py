@@ -12,7 +12,7 @@ from elmo.model import ElmoBiLM
 from elmo.module import ElmoModule
 from elmo.weights import load_weights
 
-__all__ = ["load", "load_bilm", "find_model_files"]
+__all__ = ["find_model_files", "load", "load_bilm"]
 
 PathLike = str | os.PathLike[str]
 
@@ -77,7 +77,9 @@ def load(
         path = Path(options)
         if not path.is_dir():
             if path.suffix in (".hdf5", ".h5"):
-                raise TypeError(f"{path}: this is a weight file; pass the options too: load(options, '{path}')")
+                raise TypeError(
+                    f"{path}: this is a weight file; pass the options too: load(options, '{path}')"
+                )
             if not path.exists():
                 raise FileNotFoundError(f"{path}: no such model directory")
             raise TypeError(f"{path}: pass the weights too (load(options, weights)) or a model directory")

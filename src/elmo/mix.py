@@ -29,7 +29,9 @@ class ScalarMix(nn.Module):
         super().__init__()
         init = [0.0] * num_layers if initial_weights is None else [float(w) for w in initial_weights]
         if len(init) != num_layers:
-            raise ValueError(f"initial_weights: expected {num_layers} values (one per layer), found {len(init)}")
+            raise ValueError(
+                f"initial_weights: expected {num_layers} values (one per layer), found {len(init)}"
+            )
         self.weights = nn.Parameter(torch.tensor(init), requires_grad=trainable)
         self.gamma = nn.Parameter(torch.tensor(float(gamma)), requires_grad=trainable)
         self.layer_norm = layer_norm

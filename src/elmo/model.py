@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from elmo.chars import BOS_TOKEN, EOS_TOKEN, token_to_char_ids
 from elmo.config import CharCNNConfig, ElmoConfig, LSTMConfig
 
-__all__ = ["linear", "TokenEncoder", "LSTMLayer", "LayerState", "BiLMOutput", "ElmoBiLM"]
+__all__ = ["BiLMOutput", "ElmoBiLM", "LSTMLayer", "LayerState", "TokenEncoder", "linear"]
 
 # TensorFlow's LSTMCell adds this to the forget gate at run time; the files omit it.
 FORGET_BIAS = 1.0
@@ -107,8 +107,11 @@ class LayerState:
     backward_h: Tensor
     backward_c: Tensor
 
-    def rows(self, n: int) -> LayerState:
-        return LayerState(self.forward_h[:n], self.forward_c[:n], self.backward_h[:n], self.backward_c[:n])
+    def rows(self, index: slice | Tensor | list[int]) -> LayerState:
+        """The state of the selected batch rows."""
+        return LayerState(
+            self.forward_h[index], self.forward_c[index], self.backward_h[index], self.backward_c[index]
+        )
 
 
 class LSTMLayer(nn.Module):
@@ -143,7 +146,7 @@ class LSTMLayer(nn.Module):
         for start in range(0, steps, block):
             stop = min(steps, start + block)
             x_proj = linear(x[:, start:stop].reshape(-1, self.input_dim), w_input, self.bias)
-            x_proj = x_proj.view(batch, stop - start, -1)
+            x_proj = x_proj.view(batch, stop - start, x_proj.shape[1])
             for t in range(start, stop):
                 gates = x_proj[:, t - start] + linear(h, w_hidden)
                 i, j, f, o = gates.chunk(4, dim=1)
@@ -168,6 +171,8 @@ class BiLMOutput:
     ``layers[k]`` for k >= 1 is ``[B, T, 2P]``, forward and backward outputs of LSTM
     layer k. ``mask`` [B, T] marks real tokens; every other position is exactly zero.
     ``state`` is the recurrent state each row ended in, one entry per layer.
+    With ``keep_boundaries`` the layers are ``[B, T + 2, .]``: ``<S>`` at position 0 and
+    ``</S>`` right after each row's last token, included in ``mask``.
     """
 
     layers: list[Tensor]
@@ -217,12 +222,16 @@ class ElmoBiLM(nn.Module):
         z = lambda n: ref.new_zeros(batch, n)  # noqa: E731
         return [LayerState(z(p), z(h), z(p), z(h)) for _ in self.forward_layers]
 
-    def forward(self, char_ids: Tensor, state: list[LayerState] | None = None) -> BiLMOutput:
+    def forward(
+        self, char_ids: Tensor, state: list[LayerState] | None = None, keep_boundaries: bool = False
+    ) -> BiLMOutput:
         batch, steps, _ = char_ids.shape
         mask = (char_ids > 0).any(dim=2)
         lengths = mask.sum(dim=1)
         if not torch.equal(mask, torch.arange(steps, device=mask.device) < lengths.unsqueeze(1)):
-            raise ValueError("character ids: padding tokens (all zero) must come after the real tokens of a row")
+            raise ValueError(
+                "character ids: padding tokens (all zero) must come after the real tokens of a row"
+            )
         if state is None:
             state = self.zero_state(batch)
 
@@ -233,13 +242,19 @@ class ElmoBiLM(nn.Module):
 
         # The LSTM input: <S> w_1 .. w_n </S> per row, then padding.
         lengths2 = lengths + 2
-        x = torch.cat([word_emb.new_zeros(batch, 1, tokens.shape[1]), word_emb,
-                       word_emb.new_zeros(batch, 1, tokens.shape[1])], dim=1)
+        x = torch.cat(
+            [
+                word_emb.new_zeros(batch, 1, tokens.shape[1]),
+                word_emb,
+                word_emb.new_zeros(batch, 1, tokens.shape[1]),
+            ],
+            dim=1,
+        )
         x[:, 0] = bos
         x[torch.arange(batch, device=x.device), lengths + 1] = eos
         mask2 = torch.arange(steps + 2, device=x.device) < lengths2.unsqueeze(1)
 
-        layers = [word_emb]
+        layers = [x.masked_fill(~mask2.unsqueeze(2), 0.0) if keep_boundaries else word_emb]
         final: list[LayerState] = []
         fwd_in, bwd_in = x, _reverse_rows(x, lengths2)
         skip = self.config.lstm.use_skip_connections
@@ -252,6 +267,9 @@ class ElmoBiLM(nn.Module):
                 bwd_out = bwd_out + bwd_in
             final.append(LayerState(fh, fc, bh, bc))
             both = torch.cat([fwd_out, _reverse_rows(bwd_out, lengths2)], dim=2)
-            layers.append(both[:, 1 : steps + 1].masked_fill(~mask.unsqueeze(2), 0.0))
+            if keep_boundaries:
+                layers.append(both)
+            else:
+                layers.append(both[:, 1 : steps + 1].masked_fill(~mask.unsqueeze(2), 0.0))
             fwd_in, bwd_in = fwd_out, bwd_out
-        return BiLMOutput(layers=layers, mask=mask, state=final)
+        return BiLMOutput(layers=layers, mask=mask2 if keep_boundaries else mask, state=final)

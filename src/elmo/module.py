@@ -53,8 +53,10 @@ class _CarriedState:
         return out
 
     def update(self, final: list[LayerState]) -> None:
-        final = [LayerState(*(t.detach() for t in (s.forward_h, s.forward_c, s.backward_h, s.backward_c)))
-                 for s in final]
+        final = [
+            LayerState(*(t.detach() for t in (s.forward_h, s.forward_c, s.backward_h, s.backward_c)))
+            for s in final
+        ]
         if self.layers is None:
             self.layers = final
             return
@@ -94,7 +96,7 @@ class ElmoModule(nn.Module):
         self._state = _CarriedState()
 
     @property
-    def config(self):  # noqa: ANN201 - ElmoConfig, avoided here to keep the import graph flat
+    def config(self):
         return self.bilm.config
 
     @property
@@ -126,7 +128,9 @@ class ElmoModule(nn.Module):
         real tokens) and ``mask`` [B, T] bool. Padded positions are exactly zero.
         """
         if sentences is not None and tokens is not None:
-            raise TypeError("pass either sentences (signature 'default') or tokens= (signature 'tokens'), not both")
+            raise TypeError(
+                "pass either sentences (signature 'default') or tokens= (signature 'tokens'), not both"
+            )
         if tokens is not None:
             batch = tokens_to_lists(tokens, sequence_len)
         elif sequence_len is not None:

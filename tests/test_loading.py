@@ -1,0 +1,54 @@
+import shutil
+
+import pytest
+import torch
+
+import elmo
+from conftest import ALLENNLP
+from elmo.loading import find_model_files
+
+
+def test_load_directory_and_files_agree(tmp_path):
+    shutil.copy(ALLENNLP / "options.json", tmp_path / "options.json")
+    shutil.copy(ALLENNLP / "lm_weights.hdf5", tmp_path / "weights.hdf5")
+    a = elmo.load(tmp_path)
+    b = elmo.load(ALLENNLP / "options.json", ALLENNLP / "lm_weights.hdf5")
+    with torch.no_grad():
+        assert torch.equal(a(["x y"])["elmo"], b(["x y"])["elmo"])
+    assert not a.training and not a.stateful
+
+
+def test_released_file_names_are_found(tmp_path):
+    shutil.copy(ALLENNLP / "options.json", tmp_path / "elmo_2x1024_128_2048cnn_1xhighway_options.json")
+    shutil.copy(ALLENNLP / "lm_weights.hdf5", tmp_path / "elmo_2x1024_128_2048cnn_1xhighway_weights.hdf5")
+    options, weights = find_model_files(tmp_path)
+    assert options.name.endswith("_options.json") and weights.name.endswith("_weights.hdf5")
+    assert elmo.load(tmp_path).config.lstm.dim == 64
+
+
+def test_directory_errors(tmp_path):
+    with pytest.raises(
+        FileNotFoundError, match=r"expected options\.json \(or exactly one \*\.json file\), found none"
+    ):
+        elmo.load(tmp_path)
+    (tmp_path / "a.json").write_text("{}")
+    (tmp_path / "b.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"found a\.json, b\.json"):
+        elmo.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such model directory"):
+        elmo.load(tmp_path / "missing")
+    with pytest.raises(TypeError, match="this is a weight file; pass the options too"):
+        elmo.load(ALLENNLP / "lm_weights.hdf5")
+    with pytest.raises(TypeError, match="needs the model"):
+        elmo.load()
+
+
+def test_stateful_flag_and_reset(tmp_path):
+    m = elmo.load(ALLENNLP / "options.json", ALLENNLP / "lm_weights.hdf5", stateful=True)
+    with torch.no_grad():
+        first = m(["the cat"])["elmo"]
+        second = m(["the cat"])["elmo"]
+        m.reset_state()
+        third = m(["the cat"])["elmo"]
+    assert not torch.equal(first, second)
+    assert torch.equal(first, third)
