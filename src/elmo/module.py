@@ -8,20 +8,23 @@ outputs ``word_emb``, ``lstm_outputs1``, ``lstm_outputs2``, ``elmo``, ``default`
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from elmo import embedder
 from elmo.chars import batch_to_char_ids
 from elmo.inputs import split_sentences, tokens_to_lists
 from elmo.mix import ScalarMix
 from elmo.model import BiLMOutput, ElmoBiLM, LayerState
 
-__all__ = ["ElmoModule"]
+__all__ = ["CarriedState", "ElmoModule"]
 
 
-class _CarriedState:
+class CarriedState:
     """LSTM state kept per batch row between calls, as AllenNLP and bilm-tf keep it.
 
     Row r of a call starts where row r of the previous call ended. A call with more rows
@@ -93,7 +96,7 @@ class ElmoModule(nn.Module):
         self.mix = ScalarMix(bilm.num_layers)
         self.stateful = stateful
         self.finetune = finetune
-        self._state = _CarriedState()
+        self._state = CarriedState()
 
     @property
     def config(self):
@@ -109,6 +112,15 @@ class ElmoModule(nn.Module):
         self._finetune = bool(value)
         for p in self.bilm.parameters():
             p.requires_grad_(self._finetune)
+
+    @property
+    def carried_state(self) -> list[LayerState] | None:
+        """The LSTM state carried to the next call in stateful mode (None: zero state)."""
+        return self._state.layers
+
+    @carried_state.setter
+    def carried_state(self, value: list[LayerState] | None) -> None:
+        self._state.layers = value
 
     def reset_state(self) -> None:
         """Forget the carried LSTM state (stateful mode); the next call starts from zero."""
@@ -142,6 +154,28 @@ class ElmoModule(nn.Module):
         else:
             batch = split_sentences(sentences)
         return self.embed_tokens(batch)
+
+    def embed(
+        self,
+        sentences: Sequence[Any],
+        layers: str = "all",
+        batch_size: int = 64,
+        progress: bool = False,
+    ) -> list[np.ndarray]:
+        """Embed sentences (strings or token lists); one float32 array each, in input order.
+
+        ``layers``: ``"all"`` -> ``[3, n, 2P]`` (layer 0 is ``word_emb`` duplicated, as
+        AllenNLP), ``"top"``, ``"average"`` (of the 3 layers), ``"elmo"`` -> ``[n, 2P]``,
+        ``"word_emb"`` -> ``[n, P]``, ``"default"`` -> ``[2P]``. Batching and sorting by
+        length are internal (stateless mode; stateful mode keeps the input order).
+        """
+        return embedder.embed(self, sentences, layers, batch_size, progress)
+
+    def embed_iter(
+        self, sentences: Iterable[Any], layers: str = "all", batch_size: int = 64
+    ) -> Iterator[np.ndarray]:
+        """Like :meth:`embed` but lazy: reads sentences and yields arrays with bounded memory."""
+        return embedder.embed_iter(self, sentences, layers, batch_size)
 
     def embed_tokens(self, batch: list[list[str]]) -> dict[str, Tensor]:
         """The outputs for an already tokenized batch (a list of token lists)."""
