@@ -95,3 +95,15 @@ def test_bad_arguments(tiny_module):
         tiny_module.embed("a b")
     with pytest.raises(TypeError, match=r"sentences\[1\]: expected a string or a list of token strings"):
         tiny_module.embed(["a", 5])
+
+
+def test_embed_file_method(tiny_module, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("a b c\n\nd\n", encoding="utf-8")
+    summary = tiny_module.embed_file(src, tmp_path / "out.hdf5", layers="top")
+    assert summary["lines"] == 3 and summary["tokens"] == 4
+    import h5py
+
+    with h5py.File(tmp_path / "out.hdf5", "r") as f:
+        assert f["0"].shape == (3, 32) and f["1"].shape == (0, 32)
+        assert np.array_equal(f["2"][()], tiny_module.embed(["d"], layers="top")[0])

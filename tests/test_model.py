@@ -165,3 +165,12 @@ def test_keep_boundaries_adds_the_marker_positions(tiny_module):
         assert torch.equal(b[0, 1:4], a[0]) and torch.equal(b[1, 1:2], a[1, :1])
         assert (b[~kept.mask] == 0).all()
     assert torch.equal(kept.layers[0][1, 0], markers[0]) and torch.equal(kept.layers[0][1, 2], markers[1])
+
+
+def test_one_token_sentence_alone_equals_in_batch(tiny_module):
+    """A single token goes through the convolution on its own; padding keeps it on one kernel."""
+    with torch.no_grad():
+        alone = tiny_module(["d"])
+        inside = tiny_module(["a b c", "", "d"])
+    for key in OUTPUTS:
+        assert torch.equal(alone[key][0, :1], inside[key][2, :1]), key

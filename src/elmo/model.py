@@ -81,6 +81,12 @@ class TokenEncoder(nn.Module):
         return torch.cat([self._encode(c) for c in char_ids.split(self.chunk_size)])
 
     def _encode(self, char_ids: Tensor) -> Tensor:
+        n = char_ids.shape[0]
+        if 0 < n < MIN_ROWS:
+            # The convolution, like the products, rounds differently for a single token.
+            return self._encode(torch.cat([char_ids, char_ids.new_zeros(MIN_ROWS - n, char_ids.shape[1])]))[
+                :n
+            ]
         x = F.embedding(char_ids, self.char_embed).transpose(1, 2)  # [N, emb, C]
         pooled = []
         for w, b in zip(self.conv_weights, self.conv_biases):

@@ -8,7 +8,9 @@ outputs ``word_emb``, ``lstm_outputs1``, ``lstm_outputs2``, ``elmo``, ``default`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -176,6 +178,27 @@ class ElmoModule(nn.Module):
     ) -> Iterator[np.ndarray]:
         """Like :meth:`embed` but lazy: reads sentences and yields arrays with bounded memory."""
         return embedder.embed_iter(self, sentences, layers, batch_size)
+
+    def embed_file(
+        self,
+        input_path: str | os.PathLike[str],
+        output_path: str | os.PathLike[str],
+        layers: str = "all",
+        batch_size: int = 64,
+        **options: Any,
+    ) -> dict:
+        """Embed a text file (one tokenized sentence a line) into HDF5, as ``elmo embed`` does.
+
+        Streams with bounded memory and writes atomically; ``options`` are the other fields
+        of :class:`elmo.embedfile.EmbedJob` (``resume``, ``overwrite``, ``dtype``, ...).
+        Returns a summary with the number of lines and tokens.
+        """
+        from elmo.embedfile import EmbedJob, embed_file
+
+        job = EmbedJob(
+            input=str(input_path), output=Path(output_path), layers=layers, batch_size=batch_size, **options
+        )
+        return embed_file(self, job)
 
     def embed_tokens(self, batch: list[list[str]]) -> dict[str, Tensor]:
         """The outputs for an already tokenized batch (a list of token lists)."""
