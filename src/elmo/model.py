@@ -225,8 +225,15 @@ class ElmoBiLM(nn.Module):
         """All-zero recurrent state for ``batch`` rows."""
         p, h = self.config.lstm.projection_dim, self.config.lstm.dim
         ref = self.token_encoder.proj_b
-        z = lambda n: ref.new_zeros(batch, n)  # noqa: E731
-        return [LayerState(z(p), z(h), z(p), z(h)) for _ in self.forward_layers]
+        return [
+            LayerState(
+                ref.new_zeros(batch, p),
+                ref.new_zeros(batch, h),
+                ref.new_zeros(batch, p),
+                ref.new_zeros(batch, h),
+            )
+            for _ in self.forward_layers
+        ]
 
     def forward(
         self, char_ids: Tensor, state: list[LayerState] | None = None, keep_boundaries: bool = False

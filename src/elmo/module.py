@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from elmo import embedder
 from elmo.chars import batch_to_char_ids
+from elmo.config import ElmoConfig
 from elmo.inputs import split_sentences, tokens_to_lists
 from elmo.mix import ScalarMix
 from elmo.model import BiLMOutput, ElmoBiLM, LayerState
@@ -101,7 +102,8 @@ class ElmoModule(nn.Module):
         self._state = CarriedState()
 
     @property
-    def config(self):
+    def config(self) -> ElmoConfig:
+        """The model's options."""
         return self.bilm.config
 
     @property
