@@ -140,22 +140,15 @@ def main() -> None:
     rows = []
     for size in a.sizes:
         model = _model(size)
-        ours = _run_json(
-            [
-                sys.executable,
-                __file__,
-                "--worker",
-                "--model",
-                str(model),
-                "--sentences",
-                str(sentences),
-                "--batch-size",
-                str(a.batch_size),
-                "--threads",
-                str(a.threads),
-            ],
-            a.threads,
-        )
+        common = [
+            "--sentences",
+            str(sentences),
+            "--batch-size",
+            str(a.batch_size),
+            "--threads",
+            str(a.threads),
+        ]
+        ours = _run_json([sys.executable, __file__, "--worker", "--model", str(model), *common], a.threads)
         peer = _run_json(
             [
                 a.peer,
@@ -164,12 +157,7 @@ def main() -> None:
                 str(model / "options.json"),
                 "--weights",
                 str(model / "weights.hdf5"),
-                "--sentences",
-                str(sentences),
-                "--batch-size",
-                str(a.batch_size),
-                "--threads",
-                str(a.threads),
+                *common,
                 "--sort",
             ],
             a.threads,
