@@ -1,0 +1,1 @@
+"""Training biLMs as bilm-tf does: data streams, sampled softmax, the trainer, evaluation."""
