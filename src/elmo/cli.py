@@ -1,4 +1,4 @@
-"""The ``elmo`` command line: ``elmo embed`` and ``elmo info``.
+"""The ``elmo`` command line: ``embed``, ``info``, ``vocab``, ``train``, ``perplexity``, ``export``, ...
 
 Errors are reported as one line on standard error (``elmo embed: error: ...``) with a
 non-zero exit status: 1 for bad input, output or model, 2 for bad arguments, 130 when
@@ -8,6 +8,7 @@ interrupted. Tracebacks are only shown with ``ELMO_DEBUG=1``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import signal
@@ -88,7 +89,47 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--options", help="options.json (with --weights)")
     i.add_argument("--weights", help="weights.hdf5 (with --options)")
     i.add_argument("--json", action="store_true", help="print JSON")
+
+    for name, (module, configure, _, help_text) in _MODULE_COMMANDS.items():
+        configure_fn = getattr(importlib.import_module(module), configure)
+        configure_fn(sub.add_parser(name, help=help_text, description=help_text))
     return p
+
+
+# Commands whose handlers live beside the code they drive: name -> (module, configure, run, help).
+_MODULE_COMMANDS = {
+    "vocab": (
+        "elmo.train.vocab",
+        "configure_parser",
+        "run",
+        "build a bilm-tf vocabulary file from tokenized text",
+    ),
+    "train": ("elmo.train.commands", "configure_train", "run_train", "train or fine-tune a biLM"),
+    "perplexity": (
+        "elmo.train.commands",
+        "configure_perplexity",
+        "run_perplexity",
+        "full-softmax perplexity of a language model on text files",
+    ),
+    "export": (
+        "elmo.train.commands",
+        "configure_export",
+        "run_export",
+        "write a trained model as options.json + weights.hdf5 (+ its LM head)",
+    ),
+    "convert": (
+        "elmo.convert",
+        "configure_parser",
+        "run",
+        "convert a TF Hub module or bilm-tf checkpoint to options.json + weights.hdf5",
+    ),
+    "vocab-embeddings": (
+        "elmo.vocab_embeddings",
+        "configure_parser",
+        "run",
+        "context-free token embeddings (word_emb) of every word of a vocabulary, to HDF5",
+    ),
+}
 
 
 class _UsageError(Exception):
@@ -241,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so temporary files are closed; the partial run stays.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if args.command in _MODULE_COMMANDS:
+            module, _, run, _ = _MODULE_COMMANDS[args.command]
+            return getattr(importlib.import_module(module), run)(args)
         return {"embed": _cmd_embed, "info": _cmd_info}[args.command](args)
     except _UsageError as e:
         parser.exit(2, f"{name}: error: {e}\n")
@@ -248,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = f"{name}: interrupted"
         if args.command == "embed":
             msg += "; OUTPUT was not written; rerun with --resume to continue"
+        elif args.command == "train":
+            msg += "; the last checkpoint in RUN_DIR is intact; continue with --resume"
         print(msg, file=sys.stderr)
         return 130
     except Exception as e:  # one line for the user; the traceback only when debugging

@@ -1,0 +1,237 @@
+"""Language models on disk: finding, loading and exporting them.
+
+A language model (the biLM plus its softmax) can be given as:
+
+* a run directory of ``elmo train`` (``checkpoint.pt``, ``options.json``, ``vocab.txt``)
+  or its ``checkpoint.pt``;
+* an exported model directory: ``options.json`` + ``weights.hdf5`` (the released
+  layout) + ``lm_head.hdf5`` (``softmax/W`` [V, P], ``softmax/b`` [V]) + ``vocab.txt``;
+* a bilm-tf checkpoint directory: its ``checkpoint`` state file, the checkpoint files
+  and the ``options.json`` that bilm-tf's trainer wrote there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from elmo.config import ElmoConfig
+from elmo.errors import ElmoError
+from elmo.train.checkpoint import load_checkpoint
+from elmo.train.lm import TrainingBiLM
+from elmo.train.optim import Adagrad
+from elmo.train.vocab import Vocabulary
+from elmo.weights import load_weights, save_weights
+
+__all__ = [
+    "LM_HEAD",
+    "LoadedLM",
+    "ModelError",
+    "export_model",
+    "load_initial_weights",
+    "load_language_model",
+]
+
+log = logging.getLogger("elmo.train")
+
+LM_HEAD = "lm_head.hdf5"
+
+
+class ModelError(ElmoError, ValueError):
+    """A language model that cannot be found or read."""
+
+
+@dataclass
+class LoadedLM:
+    """A language model with where it came from.
+
+    ``vocab`` is ``None`` for a bilm-tf checkpoint (it has no vocabulary file);
+    ``accumulators`` holds Adagrad's state when the source has one.
+    """
+
+    model: TrainingBiLM
+    vocab: Vocabulary | None
+    kind: str  # "run", "export" or "bilm-tf"
+    accumulators: dict[str, torch.Tensor] | None = None
+    step: int = 0
+
+
+def _vocab_beside(directory: Path) -> Vocabulary | None:
+    path = directory / "vocab.txt"
+    return Vocabulary.from_file(path) if path.is_file() else None
+
+
+def _from_checkpoint(path: Path) -> LoadedLM:
+    ckpt = load_checkpoint(path)
+    config = ElmoConfig.from_dict(ckpt.options, source=f"{path} (options)")
+    model = TrainingBiLM(config, ckpt.vocab_size)
+    try:
+        model.load_state_dict(ckpt.model, strict=False)
+    except RuntimeError as e:
+        raise ModelError(f"{path}: parameters do not fit the options stored with them: {e}") from None
+    return LoadedLM(model, _vocab_beside(path.parent), "run", dict(ckpt.optimizer), ckpt.step)
+
+
+def _from_export(directory: Path) -> LoadedLM:
+    head = directory / LM_HEAD
+    config = ElmoConfig.from_json(directory / "options.json")
+    try:
+        with h5py.File(head, "r") as h5:
+            weight = np.asarray(h5["softmax/W"], dtype=np.float32)
+            bias = np.asarray(h5["softmax/b"], dtype=np.float32)
+    except (OSError, KeyError) as e:
+        raise ModelError(f"{head}: not a readable LM head (softmax/W, softmax/b): {e}") from None
+    if weight.ndim != 2 or weight.shape[1] != config.lstm.projection_dim or bias.shape != weight.shape[:1]:
+        raise ModelError(
+            f"{head}: softmax/W {weight.shape} and softmax/b {bias.shape} do not fit "
+            f"lstm.projection_dim={config.lstm.projection_dim}"
+        )
+    model = TrainingBiLM(config, weight.shape[0])
+    load_weights(model.encoder, directory / "weights.hdf5")
+    with torch.no_grad():
+        model.softmax.weight.copy_(torch.from_numpy(weight))
+        model.softmax.bias.copy_(torch.from_numpy(bias))
+    return LoadedLM(model, _vocab_beside(directory), "export")
+
+
+def _from_bilm_tf(directory: Path, optimizer_state: bool) -> LoadedLM:
+    from elmo.train.tf_import import load_bilm_tf_checkpoint
+
+    options_path = directory / "options.json"
+    if not options_path.is_file():
+        raise ModelError(f"{directory}: a bilm-tf checkpoint directory needs the options.json of its run")
+    options = json.loads(options_path.read_text(encoding="utf-8"))
+    config = ElmoConfig.from_dict(options, source=str(options_path))
+    if "n_tokens_vocab" not in options:
+        raise ModelError(f"{options_path}: missing 'n_tokens_vocab' (the softmax size)")
+    model = TrainingBiLM(config, int(options["n_tokens_vocab"]))
+    opt = Adagrad(dict(model.named_parameters())) if optimizer_state else None
+    step = load_bilm_tf_checkpoint(model, directory, optimizer=opt)
+    return LoadedLM(model, None, "bilm-tf", opt.state_dict() if opt else None, step)
+
+
+def load_language_model(path: str | os.PathLike[str], optimizer_state: bool = False) -> LoadedLM:
+    """Load a language model from any of the forms in this module's docstring."""
+    path = Path(path)
+    if path.is_file():
+        if path.name == "checkpoint":  # bilm-tf's state file
+            return _from_bilm_tf(path.parent, optimizer_state)
+        return _from_checkpoint(path)
+    if not path.is_dir():
+        raise ModelError(f"{path}: no such model (expected a run directory, checkpoint or model directory)")
+    if (path / "checkpoint.pt").is_file():
+        return _from_checkpoint(path / "checkpoint.pt")
+    if (path / LM_HEAD).is_file():
+        return _from_export(path)
+    if (path / "checkpoint").is_file():
+        return _from_bilm_tf(path, optimizer_state)
+    if (path / "weights.hdf5").is_file():
+        raise ModelError(
+            f"{path}: holds only the embedder (weights.hdf5) and no LM head ({LM_HEAD}); "
+            "perplexity needs the softmax: export the model with its head (elmo export)"
+        )
+    raise ModelError(
+        f"{path}: not a model: expected checkpoint.pt (a run), {LM_HEAD} + weights.hdf5 (an export) or "
+        "a bilm-tf 'checkpoint' state file"
+    )
+
+
+def _architecture(config: ElmoConfig) -> dict:
+    # Training (261) and inference (262) character counts describe the same table.
+    arch = ElmoConfig(char_cnn=config.char_cnn, lstm=config.lstm).inference_options().to_dict()
+    return {"lstm": arch["lstm"], "char_cnn": arch["char_cnn"]}
+
+
+def load_initial_weights(
+    model: TrainingBiLM,
+    source: str | os.PathLike[str],
+    vocab: Vocabulary,
+    optimizer: Adagrad | None = None,
+    reset_softmax: bool = False,
+) -> None:
+    """Start ``model`` (about to be fine-tuned) from a trained language model.
+
+    The embedder must have the same architecture. The softmax is taken over when the
+    vocabularies agree (same words; for bilm-tf checkpoints, which carry no vocabulary,
+    the same size) and re-initialised otherwise or with ``reset_softmax``. Adagrad's
+    accumulators are taken over too when the source has them (bilm-tf's restart does).
+    """
+    loaded = load_language_model(source, optimizer_state=optimizer is not None)
+    src = loaded.model
+    ours_arch, theirs_arch = _architecture(model.config), _architecture(src.config)
+    if ours_arch != theirs_arch:
+        diff = [k for k in ("lstm", "char_cnn") if ours_arch[k] != theirs_arch[k]]
+        raise ModelError(
+            f"{source}: its architecture differs from the options ({', '.join(diff)}): "
+            f"{json.dumps({k: theirs_arch[k] for k in diff})} vs {json.dumps({k: ours_arch[k] for k in diff})}"
+        )
+    same_vocab = (
+        loaded.vocab.words == vocab.words if loaded.vocab is not None else src.vocab_size == vocab.size
+    )
+    keep_softmax = same_vocab and not reset_softmax
+    if not keep_softmax:
+        log.info("fine-tuning with a new softmax (vocabulary changed or reset asked)")
+    ours = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in src.named_parameters():
+            if name.startswith("softmax.") and not keep_softmax:
+                continue
+            ours[name].copy_(value)
+    if optimizer is not None and loaded.accumulators:
+        for name, acc in loaded.accumulators.items():
+            if name.startswith("softmax.") and not keep_softmax:
+                continue
+            if name in optimizer.accumulators:
+                optimizer.accumulators[name].copy_(acc)
+
+
+def export_model(
+    source: str | os.PathLike[str], out_dir: str | os.PathLike[str], overwrite: bool = False
+) -> Path:
+    """Write ``source`` as a released-layout model directory with its LM head.
+
+    ``options.json`` (inference form: ``n_characters`` 262, every LSTM key present)
+    and ``weights.hdf5`` load with :func:`elmo.load`, AllenNLP and bilm-tf's inference
+    code; ``lm_head.hdf5`` and ``vocab.txt`` make it usable for perplexity and
+    fine-tuning. The directory appears complete or not at all.
+    """
+    loaded = load_language_model(source)
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ModelError(f"{out}: exists and is not empty (pass overwrite=True / --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        config = loaded.model.config.inference_options()
+        inference = ElmoConfig(char_cnn=config.char_cnn, lstm=config.lstm)
+        inference.to_json(tmp / "options.json")
+        save_weights(loaded.model.encoder, tmp / "weights.hdf5")
+        with h5py.File(tmp / LM_HEAD, "w") as h5:
+            h5.create_dataset("softmax/W", data=loaded.model.softmax.weight.detach().cpu().numpy())
+            h5.create_dataset("softmax/b", data=loaded.model.softmax.bias.detach().cpu().numpy())
+        if loaded.vocab is not None:
+            loaded.vocab.save(tmp / "vocab.txt")
+        if config.training:
+            (tmp / "training_options.json").write_text(
+                json.dumps(loaded.model.config.to_dict(), indent=2) + "\n", encoding="utf-8"
+            )
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out

