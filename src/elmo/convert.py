@@ -1,0 +1,585 @@
+"""Converting TensorFlow ELMo checkpoints to the released layout (options.json + weights.hdf5).
+
+Two sources:
+
+* a **bilm-tf training checkpoint** (a directory with the ``checkpoint`` state file and
+  the training ``options.json``, or a checkpoint prefix): the variables are renamed as
+  bilm-tf's ``dump_weights`` does (``lm/RNN_0/rnn/multi_rnn_cell/cell_0/lstm_cell/kernel``
+  -> ``RNN_0/RNN/MultiRNNCell/Cell0/LSTMCell/W_0``), with the scope removed as a prefix
+  (``dump_weights`` uses ``lstrip('lm/')``, which strips characters). The softmax, the
+  Adagrad slots, ``global_step`` and ``train_perplexity`` are dropped.
+* a **TF Hub ``elmo`` module** (``tfhub_module.pb`` and ``variables/variables.*``). It
+  holds bilm-tf's inference graph under the ``bilm/`` scope, e.g. ``bilm/CNN/W_cnn_0``,
+  ``bilm/char_embed`` (262 rows, row 0 the padding zero row),
+  ``bilm/RNN_0/RNN/MultiRNNCell/Cell0/rnn/lstm_cell/{kernel,bias,projection/kernel}``,
+  plus the scalar mix ``aggregation/weights`` and ``aggregation/scaling``. The hub
+  module has no options file, so the options are inferred from the variable shapes; what
+  shapes cannot tell takes the released models' values (relu, 50 characters, clips 3,
+  skip connections), which the ``options`` argument can override.
+
+Names are recognised in any of the spellings (training graph, inference/hub graph,
+dump), under any scope, so both converters accept either kind of checkpoint. One-layer
+LSTMs are written with the ``MultiRNNCell/Cell0`` names, which every loader reads
+(``dump_weights`` writes ``RNN_0/RNN/LSTMCell/W_0``, which bilm-tf's own inference code
+cannot load).
+
+The output directory is written into a temporary directory beside it and renamed into
+place, so it is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from elmo.config import ElmoConfig
+from elmo.errors import ElmoError
+from elmo.model import ElmoBiLM
+from elmo.train.tfcheckpoint import CheckpointReader, latest_checkpoint
+from elmo.weights import dataset_layout
+
+__all__ = [
+    "FORMATS",
+    "HUB_DEFAULTS",
+    "ConversionResult",
+    "ConvertError",
+    "configure_parser",
+    "convert",
+    "convert_bilm_tf_checkpoint",
+    "convert_hub_module",
+    "detect_format",
+    "dump_name",
+    "infer_options",
+    "run",
+]
+
+PathLike = str | os.PathLike[str]
+FORMATS = ("auto", "bilm-tf", "hub")
+HUB_MARKERS = ("tfhub_module.pb", "saved_model.pb")
+MIX_FILE = "hub_mix.json"
+
+# What the variable shapes cannot tell: the values of every released ELMo model.
+HUB_DEFAULTS: dict[str, Any] = {
+    "lstm": {"cell_clip": 3, "proj_clip": 3, "use_skip_connections": True},
+    "char_cnn": {"activation": "relu", "max_characters_per_token": 50, "n_characters": 262},
+}
+
+
+class ConvertError(ElmoError, ValueError):
+    """A checkpoint that cannot be converted: missing variables, wrong shapes, bad output."""
+
+
+@dataclass
+class ConversionResult:
+    """What a conversion wrote and what it left out."""
+
+    out_dir: Path
+    checkpoint: Path
+    format: str
+    config: ElmoConfig
+    ignored: list[str] = field(default_factory=list)  # checkpoint variables not converted
+    filled: list[str] = field(default_factory=list)  # datasets absent from the checkpoint (identity)
+    mix: dict[str, Any] | None = None
+
+
+# --------------------------------------------------------------------------- names
+
+_ROOT = re.compile(
+    r"(?:^|/)(char_embed|CNN/[Wb]_cnn_\d+|CNN_high_\d+/[Wb]_(?:carry|transform)|CNN_proj/[Wb]_proj|RNN_\d+/.+)$"
+)
+# The LSTM spellings: inference/hub graph, training graph (one layer: no multi_rnn_cell),
+# dump_weights (one layer: no MultiRNNCell). Groups: direction, layer (empty: 0), leaf.
+_LSTM_FORMS = (
+    re.compile(r"RNN_(\d+)/RNN/MultiRNNCell/Cell(\d+)/rnn/lstm_cell/(kernel|bias|projection/kernel)"),
+    re.compile(r"RNN_(\d+)/rnn/multi_rnn_cell/cell_(\d+)/lstm_cell/(kernel|bias|projection/kernel)"),
+    re.compile(r"RNN_(\d+)/rnn/()lstm_cell/(kernel|bias|projection/kernel)"),
+    re.compile(r"RNN_(\d+)/RNN/MultiRNNCell/Cell(\d+)/LSTMCell/(W_0|B|W_P_0)"),
+    re.compile(r"RNN_(\d+)/RNN/()LSTMCell/(W_0|B|W_P_0)"),
+)
+_LEAVES = {"kernel": "W_0", "bias": "B", "projection/kernel": "W_P_0"}
+
+
+def _lstm_name(direction: int, layer: int, leaf: str) -> str:
+    return f"RNN_{direction}/RNN/MultiRNNCell/Cell{layer}/LSTMCell/{leaf}"
+
+
+def dump_name(tf_name: str) -> tuple[str, str] | None:
+    """``(scope, weights.hdf5 name)`` of a biLM weight variable, or None for anything else.
+
+    >>> dump_name("lm/RNN_1/rnn/multi_rnn_cell/cell_0/lstm_cell/projection/kernel")
+    ('lm', 'RNN_1/RNN/MultiRNNCell/Cell0/LSTMCell/W_P_0')
+    >>> dump_name("bilm/RNN_0/RNN/MultiRNNCell/Cell1/rnn/lstm_cell/bias")
+    ('bilm', 'RNN_0/RNN/MultiRNNCell/Cell1/LSTMCell/B')
+    >>> dump_name("lm/CNN/W_cnn_0/Adagrad") is None
+    True
+    """
+    name = tf_name.removesuffix(":0")
+    match = _ROOT.search(name)
+    if not match:
+        return None
+    scope, rest = name[: match.start(1)].rstrip("/"), match.group(1)
+    if not rest.startswith("RNN_"):
+        return scope, rest
+    for form in _LSTM_FORMS:
+        m = form.fullmatch(rest)
+        if m:
+            direction, layer, leaf = m.groups()
+            return scope, _lstm_name(int(direction), int(layer or 0), _LEAVES.get(leaf, leaf))
+    return None
+
+
+@dataclass
+class _Variables:
+    """The checkpoint's biLM variables under their weights.hdf5 names."""
+
+    reader: CheckpointReader
+    source: dict[str, str]  # weights.hdf5 name -> checkpoint name
+    shapes: dict[str, tuple[int, ...]]
+    ignored: list[str]
+
+    def where(self, name: str) -> str:
+        return f"{self.reader.prefix}: variable '{self.source.get(name, name)}'"
+
+
+def _collect(reader: CheckpointReader) -> _Variables:
+    found = {tf_name: dump_name(tf_name) for tf_name in reader.entries}
+    ignored = sorted(n for n, f in found.items() if f is None)
+    mapped = {n: f for n, f in found.items() if f is not None}
+    if not mapped:
+        raise ConvertError(
+            f"{reader.prefix}: no ELMo biLM variables (char_embed, CNN/..., RNN_0/...) in this checkpoint"
+        )
+    scopes: dict[str, str] = {}
+    for tf_name, (scope, _) in mapped.items():
+        scopes.setdefault(scope, tf_name)
+    if len(scopes) > 1:
+        listed = ", ".join(f"'{s or '(none)'}' (e.g. {n})" for s, n in scopes.items())
+        raise ConvertError(f"{reader.prefix}: biLM variables under several scopes: {listed}")
+    source: dict[str, str] = {}
+    for tf_name, (_, name) in mapped.items():
+        if name in source:  # e.g. a one-layer name beside the Cell0 name of the same weight
+            raise ConvertError(
+                f"{reader.prefix}: variables '{source[name]}' and '{tf_name}' both map to '{name}'"
+            )
+        source[name] = tf_name
+    shapes = {name: reader.entries[tf].shape for name, tf in source.items()}
+    return _Variables(reader, source, shapes, ignored)
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` applied, merging nested objects key by key."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConvertError(f"{path}: options file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConvertError(f"{path}: cannot read options JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConvertError(f"{path}: expected a JSON object of options")
+    return data
+
+
+def _overrides(options: Mapping[str, Any] | PathLike | None) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if isinstance(options, Mapping):
+        return dict(options)
+    return _read_json(Path(options))
+
+
+def _shape(shapes: Mapping[str, tuple[int, ...]], where: Any, name: str, rank: int) -> tuple[int, ...]:
+    if name not in shapes:
+        raise ConvertError(f"{where('')}cannot infer the options: no variable for '{name}'")
+    shape = tuple(shapes[name])
+    if len(shape) != rank:
+        raise ConvertError(f"{where(name)}expected {rank} dimensions, found shape {shape}")
+    return shape
+
+
+def infer_options(
+    shapes: Mapping[str, tuple[int, ...]], overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Inference-form options of a biLM from its weights' shapes (weights.hdf5 names).
+
+    Shapes give the char embedding size, the filters, the highway count, the LSTM size,
+    projection and depth. The rest comes from :data:`HUB_DEFAULTS`, then ``overrides``.
+    """
+    return _infer(shapes, lambda name: f"variable '{name}': " if name else "", overrides or {})
+
+
+def _infer(shapes: Mapping[str, tuple[int, ...]], where: Any, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    rows, dim = _shape(shapes, where, "char_embed", 2)
+    if rows not in (261, 262):
+        raise ConvertError(f"{where('char_embed')}expected 261 or 262 rows, found shape {(rows, dim)}")
+    filters: list[list[int]] = []
+    while f"CNN/W_cnn_{len(filters)}" in shapes:
+        name = f"CNN/W_cnn_{len(filters)}"
+        one, width, emb, num = _shape(shapes, where, name, 4)
+        if one != 1 or emb != dim:
+            raise ConvertError(
+                f"{where(name)}expected shape (1, width, {dim}, n), found {(one, width, emb, num)}"
+            )
+        filters.append([width, num])
+    if not filters:
+        raise ConvertError(f"{where('')}cannot infer the options: no variable for 'CNN/W_cnn_0'")
+    n_highway = 0
+    while f"CNN_high_{n_highway}/W_carry" in shapes:
+        n_highway += 1
+    n_layers = 0
+    while _lstm_name(0, n_layers, "W_0") in shapes:
+        n_layers += 1
+    kernel = _lstm_name(0, 0, "W_0")
+    _, gates = _shape(shapes, where, kernel, 2)
+    if gates % 4:
+        raise ConvertError(f"{where(kernel)}{gates} columns is not 4 gates of equal size")
+    cells = gates // 4
+    proj = _lstm_name(0, 0, "W_P_0")
+    projection = _shape(shapes, where, proj, 2)[1] if proj in shapes else cells
+    base = {
+        "lstm": {"dim": cells, "projection_dim": projection, "n_layers": n_layers},
+        "char_cnn": {"embedding": {"dim": dim}, "filters": filters, "n_highway": n_highway},
+    }
+    return _merge(_merge(base, HUB_DEFAULTS), overrides)
+
+
+def _infer_from(v: _Variables, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    return _infer(v.shapes, lambda name: f"{v.where(name)}: " if name else f"{v.reader.prefix}: ", overrides)
+
+
+def _config(data: dict[str, Any], source: str) -> ElmoConfig:
+    # ElmoConfig raises ConfigError (an ElmoError) naming the key.
+    return ElmoConfig.from_dict(data, source=source).inference_options()
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _layout(config: ElmoConfig) -> list[tuple[str, tuple[int, ...], str]]:
+    """(dataset, shape, options that fix it) of a model, without allocating its weights."""
+    with torch.device("meta"):
+        bilm = ElmoBiLM(config)
+    return [(name, tuple(t.shape), why) for name, t, why in dataset_layout(bilm)]
+
+
+def _identity_fill(name: str, shape: tuple[int, ...], config: ElmoConfig) -> np.ndarray | None:
+    """An exact stand-in for a weight bilm-tf leaves out, or None.
+
+    bilm-tf has no ``CNN_proj`` when the filters already have the projection width, and no
+    LSTM projection when ``projection_dim == dim``; an identity matrix (zero bias) then
+    computes the same thing. For the LSTM this holds while |h| <= 1 is never clipped.
+    """
+    square = len(shape) == 2 and shape[0] == shape[1]
+    if name == "CNN_proj/W_proj" and square:
+        return np.eye(shape[0], dtype=np.float32)
+    if name == "CNN_proj/b_proj":
+        return np.zeros(shape, np.float32)
+    clip = config.lstm.proj_clip
+    if name.endswith("/W_P_0") and square and (clip is None or clip >= 1):
+        return np.eye(shape[0], dtype=np.float32)
+    return None
+
+
+def _plan(v: _Variables, config: ElmoConfig) -> tuple[list[tuple[str, tuple[int, ...]]], list[str]]:
+    """Check every dataset the options call for against the checkpoint; returns the plan."""
+    layout = _layout(config)
+    expected = {name for name, _, _ in layout}
+    extra = sorted(n for n in v.source if n not in expected)
+    if extra:
+        listed = ", ".join(f"'{v.source[n]}' {v.shapes[n]}" for n in extra[:5])
+        raise ConvertError(
+            f"{v.reader.prefix}: variable(s) {listed} not described by the options (lstm.n_layers="
+            f"{config.lstm.n_layers}, char_cnn.n_highway={config.char_cnn.n_highway}, "
+            f"{len(config.char_cnn.filters)} char_cnn.filters); do the options belong to this checkpoint?"
+        )
+    plan, filled = [], []
+    for name, shape, why in layout:
+        if name not in v.shapes:
+            if _identity_fill(name, shape, config) is None:
+                raise ConvertError(
+                    f"{v.reader.prefix}: no variable for '{name}' (expected shape {shape} from the "
+                    f"options: {why})"
+                )
+            filled.append(name)
+        else:
+            found = v.shapes[name]
+            ok = found == shape or (name == "char_embed" and found == (shape[0] + 1, *shape[1:]))
+            if not ok:
+                raise ConvertError(
+                    f"{v.where(name)}: expected shape {shape} for '{name}' (from the options: {why}), "
+                    f"found {found}; do the options belong to this checkpoint?"
+                )
+        plan.append((name, shape))
+    return plan, filled
+
+
+def _write_weights(path: Path, v: _Variables, plan: list, config: ElmoConfig) -> None:
+    values = v.reader.read_many(v.source[name] for name, _ in plan if name in v.source)
+    with h5py.File(path, "w") as h5:
+        for name, shape in plan:
+            if name in v.source:
+                value = values.pop(v.source[name])
+                if name == "char_embed" and value.shape[0] == shape[0] + 1:
+                    value = value[1:]  # the graph's padding row 0; the file starts at id 1
+            else:
+                value = _identity_fill(name, shape, config)
+            value = np.asarray(value, dtype=np.float32)
+            if not np.isfinite(value).all():
+                raise ConvertError(f"{v.where(name)}: contains NaN or infinite values")
+            h5.create_dataset(name, data=value)
+
+
+def _mix(reader: CheckpointReader) -> dict[str, Any] | None:
+    """The hub module's learned layer mix (``aggregation/weights``, ``aggregation/scaling``)."""
+    found = {}
+    for tf_name in reader.entries:
+        for key in ("weights", "scaling"):
+            if tf_name == f"aggregation/{key}" or tf_name.endswith(f"/aggregation/{key}"):
+                found[key] = tf_name
+    if "weights" not in found:
+        return None
+    raw = reader.read(found["weights"]).astype(np.float64).reshape(-1)
+    soft = np.exp(raw - raw.max())
+    mix: dict[str, Any] = {
+        "weights": raw.tolist(),
+        "normalized_weights": (soft / soft.sum()).tolist(),
+        "variables": found,
+    }
+    if "scaling" in found:
+        mix["gamma"] = float(reader.read(found["scaling"]).reshape(-1)[0])
+    return mix
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _check_output(out_dir: Path, overwrite: bool, source_dir: Path) -> None:
+    resolved, source = out_dir.resolve(), source_dir.resolve()
+    # Replacing the output must never delete the checkpoint it was made from.
+    if resolved == source or resolved in source.parents:
+        raise ConvertError(f"{out_dir}: is (or contains) the checkpoint being converted; choose another")
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ConvertError(f"{out_dir}: exists and is not a directory")
+    if any(out_dir.iterdir()) and not overwrite:
+        raise ConvertError(
+            f"{out_dir}: exists and is not empty; pass overwrite=True (--overwrite) to replace it"
+        )
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Move the finished ``tmp`` to ``out_dir``, replacing what is there."""
+    old = None
+    if out_dir.exists():
+        if any(out_dir.iterdir()):
+            # A directory cannot be renamed over a non-empty one: move it aside first.
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            os.replace(out_dir, old)
+        else:
+            out_dir.rmdir()
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:
+        if old is not None:
+            os.replace(old, out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write(
+    out_dir: Path, v: _Variables, config: ElmoConfig, fmt: str, overwrite: bool, mix: dict | None
+) -> ConversionResult:
+    prefix = v.reader.prefix
+    _check_output(out_dir, overwrite, prefix.parent)
+    plan, filled = _plan(v, config)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Not mkdtemp: its 0700 mode would stay on the published directory.
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        _write_weights(tmp / "weights.hdf5", v, plan, config)
+        config.to_json(tmp / "options.json")
+        if mix is not None:
+            (tmp / MIX_FILE).write_text(json.dumps(mix, indent=2) + "\n", encoding="utf-8")
+        _publish(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return ConversionResult(out_dir, prefix, fmt, config, v.ignored, filled, mix)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _find_options(src: Path, prefix: Path) -> Path | None:
+    for folder in (src if src.is_dir() else None, prefix.parent):
+        if folder is not None and (folder / "options.json").is_file():
+            return folder / "options.json"
+    return None
+
+
+def convert_bilm_tf_checkpoint(
+    src: PathLike,
+    out_dir: PathLike,
+    options: Mapping[str, Any] | PathLike | None = None,
+    overwrite: bool = False,
+) -> ConversionResult:
+    """Write a bilm-tf training checkpoint as ``out_dir/options.json`` + ``weights.hdf5``.
+
+    ``src`` is a checkpoint directory (its ``checkpoint`` state file names the latest) or a
+    prefix. The options are the training ``options.json`` beside the checkpoint, turned
+    into the inference form (262 characters, ``use_skip_connections`` explicit; the
+    training keys are kept). ``options`` (a dict or a JSON file) is merged over them; with
+    no options.json, it is merged over the options inferred from the shapes instead.
+    """
+    src = Path(src)
+    reader = CheckpointReader(src)
+    v = _collect(reader)
+    found = _find_options(src, reader.prefix)
+    overrides = _overrides(options)
+    if found is not None:
+        data = _merge(_read_json(found), overrides)
+        where = str(found)
+    elif overrides:
+        data, where = _infer_from(v, overrides), f"{reader.prefix} (inferred) + options"
+    else:
+        raise ConvertError(
+            f"{src}: no options.json beside the checkpoint; pass the options (options=, --options) "
+            "or convert it as a hub module (--format hub) to infer them from the shapes"
+        )
+    return _write(Path(out_dir), v, _config(data, where), "bilm-tf", overwrite, None)
+
+
+def convert_hub_module(
+    src: PathLike,
+    out_dir: PathLike,
+    options: Mapping[str, Any] | PathLike | None = None,
+    overwrite: bool = False,
+) -> ConversionResult:
+    """Write a TF Hub ``elmo`` module as ``out_dir/options.json`` + ``weights.hdf5``.
+
+    ``src`` is the module directory (``variables/variables.index``) or a checkpoint
+    prefix. Options are inferred from the shapes (see :func:`infer_options`), with
+    ``options`` (a dict or a JSON file) merged over them. The module's layer mix, if
+    present, is written to ``hub_mix.json`` (raw and softmax-normalized weights, gamma).
+    """
+    src = Path(src)
+    reader = CheckpointReader(src)
+    v = _collect(reader)
+    data = _infer_from(v, _overrides(options))
+    config = _config(data, f"{reader.prefix} (options inferred from the shapes)")
+    return _write(Path(out_dir), v, config, "hub", overwrite, _mix(reader))
+
+
+def detect_format(src: PathLike) -> str:
+    """``"hub"`` for a hub module / SavedModel directory or a checkpoint without an
+    options.json beside it, else ``"bilm-tf"``."""
+    src = Path(src)
+    if src.is_dir() and (
+        any((src / m).is_file() for m in HUB_MARKERS) or (src / "variables" / "variables.index").is_file()
+    ):
+        return "hub"
+    prefix = latest_checkpoint(src)
+    return "bilm-tf" if _find_options(src, prefix) is not None else "hub"
+
+
+def convert(
+    src: PathLike,
+    out_dir: PathLike,
+    format: str = "auto",
+    options: Mapping[str, Any] | PathLike | None = None,
+    overwrite: bool = False,
+) -> ConversionResult:
+    """Convert ``src`` (format ``auto``, ``bilm-tf`` or ``hub``) into ``out_dir``."""
+    if format not in FORMATS:
+        raise ConvertError(f"unknown format {format!r}: expected one of {', '.join(FORMATS)}")
+    fmt = detect_format(src) if format == "auto" else format
+    fn = convert_hub_module if fmt == "hub" else convert_bilm_tf_checkpoint
+    return fn(src, out_dir, options=options, overwrite=overwrite)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``elmo convert``."""
+    p.add_argument(
+        "src", metavar="SRC", help="bilm-tf checkpoint directory or prefix, or TF Hub module directory"
+    )
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write (created)")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="auto",
+        help="source kind (default: auto: hub for a module directory or a checkpoint without options.json)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists and is not empty")
+    p.add_argument(
+        "--options",
+        metavar="JSON",
+        help="options merged over the found or inferred ones: a JSON object or a JSON file, "
+        'e.g. \'{"char_cnn": {"activation": "tanh"}}\'',
+    )
+
+
+def _parse_options(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    if text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConvertError(f"--options: not valid JSON: {e}") from None
+        return data
+    return _read_json(Path(text))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``elmo convert``; errors propagate as :class:`ConvertError` and friends."""
+    result = convert(
+        args.src,
+        args.output,
+        format=args.format,
+        options=_parse_options(args.options),
+        overwrite=args.overwrite,
+    )
+    lstm, cnn = result.config.lstm, result.config.char_cnn
+    notes = [f"{len(result.ignored)} variable(s) not converted"] if result.ignored else []
+    if result.filled:
+        notes.append(f"identity for {', '.join(result.filled)}")
+    if result.mix is not None:
+        notes.append(f"layer mix in {MIX_FILE}")
+    print(
+        f"elmo convert: wrote {result.out_dir} from {result.format} checkpoint {result.checkpoint} "
+        f"(lstm {lstm.n_layers}x{lstm.dim}/{lstm.projection_dim}, {cnn.n_filters} filters, "
+        f"{cnn.n_highway} highway{'; ' + '; '.join(notes) if notes else ''})",
+        file=sys.stderr,
+    )
+    return 0
