@@ -39,8 +39,10 @@ def run_lstm(layer: LSTMLayer, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor,
     w_input, w_hidden = layer.kernel[:width], layer.kernel[width:]
     x_proj = torch.addmm(layer.bias, x.reshape(-1, width), w_input).view(batch, steps, -1)
     outputs = []
-    for t in range(steps):
-        gates = x_proj[:, t] + h @ w_hidden
+    # unbind, not x_proj[:, t]: the backward of one select per step would allocate and
+    # zero a gradient of the whole [B, T, 4H] tensor at every step.
+    for x_t in x_proj.unbind(1):
+        gates = x_t + h @ w_hidden
         i, j, f, o = gates.chunk(4, dim=1)
         c = torch.sigmoid(f + FORGET_BIAS) * c + torch.sigmoid(i) * torch.tanh(j)
         if layer.cell_clip is not None:

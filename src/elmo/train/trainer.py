@@ -233,7 +233,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self._ddp = DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
+            self._ddp = DistributedDataParallel(self.model, device_ids=ids)
 
     # ------------------------------------------------------------------ setup
     def _read_options(self, options: str | os.PathLike[str] | dict[str, Any]) -> dict[str, Any]:
