@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import BILMTF
 
+from conftest import BILMTF
 from elmo.config import ElmoConfig
 from elmo.train.evaluate import perplexity, sentence_log_probs
 from elmo.train.lm import TrainingBiLM
@@ -35,8 +35,9 @@ def _sentences() -> list[list[str]]:
 @pytest.mark.parametrize("chunk", [1, 7, 256])
 def test_perplexity_matches_run_test_batch_size_1(run, chunk):
     ref = json.loads((GENERATED / run / "results.json").read_text())["test_batch_size_1"]
-    result = perplexity(_model(run), Vocabulary.from_file(VOCAB), _sentences(), chunk_tokens=chunk,
-                        keep_token_losses=True)
+    result = perplexity(
+        _model(run), Vocabulary.from_file(VOCAB), _sentences(), chunk_tokens=chunk, keep_token_losses=True
+    )
     assert result.tokens == ref["n_tokens_scored_per_direction"] == 139
     assert result.combined == pytest.approx(ref["perplexity_run_test"], rel=1e-5)
     assert result.forward == pytest.approx(ref["perplexity_forward"], rel=1e-5)

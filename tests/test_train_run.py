@@ -13,23 +13,35 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, SHARED
 
 import elmo
+from conftest import ROOT, SHARED
 from elmo.chars import batch_to_char_ids
 from elmo.train.checkpoint import load_checkpoint
 from elmo.train.evaluate import perplexity
 from elmo.train.models import export_model, load_language_model
-from elmo.train.trainer import RunSettings, TrainError, Trainer
+from elmo.train.trainer import RunSettings, Trainer, TrainError
 from elmo.train.vocab import Vocabulary, build_vocab
 
 WIKI = SHARED / "data" / "wikitext-2" / "sentences" / "train" / "shard-00000.txt"
 
 TINY = {
-    "lstm": {"dim": 32, "projection_dim": 16, "n_layers": 2, "cell_clip": 3, "proj_clip": 3,
-             "use_skip_connections": True},
-    "char_cnn": {"activation": "relu", "filters": [[1, 8], [2, 8], [3, 16]], "n_highway": 1,
-                 "embedding": {"dim": 8}, "max_characters_per_token": 20, "n_characters": 261},
+    "lstm": {
+        "dim": 32,
+        "projection_dim": 16,
+        "n_layers": 2,
+        "cell_clip": 3,
+        "proj_clip": 3,
+        "use_skip_connections": True,
+    },
+    "char_cnn": {
+        "activation": "relu",
+        "filters": [[1, 8], [2, 8], [3, 16]],
+        "n_highway": 1,
+        "embedding": {"dim": 8},
+        "max_characters_per_token": 20,
+        "n_characters": 261,
+    },
     "batch_size": 4,
     "unroll_steps": 6,
     "n_epochs": 1,
@@ -117,7 +129,11 @@ def test_export_loads_and_matches_training_model(corpus, tmp_path):
     trainer.run()
     out = export_model(tmp_path / "run", tmp_path / "export")
     assert sorted(p.name for p in out.iterdir()) == [
-        "lm_head.hdf5", "options.json", "training_options.json", "vocab.txt", "weights.hdf5"
+        "lm_head.hdf5",
+        "options.json",
+        "training_options.json",
+        "vocab.txt",
+        "weights.hdf5",
     ]
     released = json.loads((out / "options.json").read_text())
     assert set(released) == {"lstm", "char_cnn"} and released["char_cnn"]["n_characters"] == 262
@@ -144,8 +160,22 @@ def test_kill_during_save_leaves_a_loadable_checkpoint(corpus, tmp_path):
     options = tmp_path / "options.json"
     options.write_text(json.dumps(_options(corpus)))
     run = tmp_path / "run"
-    cmd = _cli("train", "--options", str(options), "--vocab", str(corpus["vocab"]), "--train", corpus["train"],
-               "--out", str(run), "--save-every", "1", "--max-steps", "100000", "--quiet")
+    cmd = _cli(
+        "train",
+        "--options",
+        str(options),
+        "--vocab",
+        str(corpus["vocab"]),
+        "--train",
+        corpus["train"],
+        "--out",
+        str(run),
+        "--save-every",
+        "1",
+        "--max-steps",
+        "100000",
+        "--quiet",
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     kills = 0
     for delay in (4.0, 5.5, 7.0, 8.5):
@@ -170,8 +200,11 @@ def test_corrupt_checkpoint_is_reported(corpus, tmp_path):
     path = tmp_path / "run" / "checkpoint.pt"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    result = subprocess.run(_cli("train", "--out", str(tmp_path / "run"), "--resume", "--quiet",
-                                 "--max-steps", "2"), capture_output=True, text=True)
+    result = subprocess.run(
+        _cli("train", "--out", str(tmp_path / "run"), "--resume", "--quiet", "--max-steps", "2"),
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1
     assert "checkpoint.pt" in result.stderr and "corrupt" in result.stderr
     assert "Traceback" not in result.stderr
@@ -189,26 +222,67 @@ def test_torchrun_two_processes_equal_one_process_with_the_same_global_batch(cor
     single = _options(corpus, dropout=0.0, sample_softmax=False, batch_size=8)
     (tmp_path / "per_rank.json").write_text(json.dumps(per_rank))
     (tmp_path / "single.json").write_text(json.dumps(single))
-    common = ["--vocab", str(corpus["vocab"]), "--train", corpus["train"], "--max-steps", str(steps),
-              "--log-every", "1", "--quiet", "--seed", "5"]
+    common = [
+        "--vocab",
+        str(corpus["vocab"]),
+        "--train",
+        corpus["train"],
+        "--max-steps",
+        str(steps),
+        "--log-every",
+        "1",
+        "--quiet",
+        "--seed",
+        "5",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-         "-m", "elmo", "train", "--options", str(tmp_path / "per_rank.json"), "--out", str(tmp_path / "ddp"),
-         *common],
-        check=True, env=env, cwd=ROOT, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            "-m",
+            "elmo",
+            "train",
+            "--options",
+            str(tmp_path / "per_rank.json"),
+            "--out",
+            str(tmp_path / "ddp"),
+            *common,
+        ],
+        check=True,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
     )
     subprocess.run(
-        _cli("train", "--options", str(tmp_path / "single.json"), "--out", str(tmp_path / "one"),
-             "--partitions", "2", *common),
-        check=True, env=env, cwd=ROOT, capture_output=True,
+        _cli(
+            "train",
+            "--options",
+            str(tmp_path / "single.json"),
+            "--out",
+            str(tmp_path / "one"),
+            "--partitions",
+            "2",
+            *common,
+        ),
+        check=True,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
     )
 
     def losses(run: Path) -> np.ndarray:
         import csv
 
         with (run / "log.csv").open() as f:
-            return np.array([[float(r["loss_forward"]), float(r["loss_backward"])] for r in csv.DictReader(f)])
+            return np.array(
+                [[float(r["loss_forward"]), float(r["loss_backward"])] for r in csv.DictReader(f)]
+            )
 
     a, b = losses(tmp_path / "ddp"), losses(tmp_path / "one")
     assert a.shape == b.shape == (steps, 2)

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import BILMTF
 
+from conftest import BILMTF
 from elmo.config import ElmoConfig
 from elmo.train.lm import TrainingBiLM
 from elmo.train.optim import Adagrad
@@ -55,7 +55,12 @@ def _run(model, opt, options, batches, state=None):
     rows = []
     for batch in batches:
         row, state = train_step(
-            model, opt, batch, state, unroll_steps=options["unroll_steps"], clip_norm=options["all_clip_norm_val"]
+            model,
+            opt,
+            batch,
+            state,
+            unroll_steps=options["unroll_steps"],
+            clip_norm=options["all_clip_norm_val"],
         )
         rows.append(row)
     return rows, state

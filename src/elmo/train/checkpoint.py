@@ -104,7 +104,9 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable training checkpoint (truncated or corrupt?): {first}") from None
+        raise CheckpointError(
+            f"{path}: not a readable training checkpoint (truncated or corrupt?): {first}"
+        ) from None
     except Exception as e:  # the unpickler refuses objects other than tensors and plain data
         raise CheckpointError(f"{path}: refused to load: {type(e).__name__}: {e}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

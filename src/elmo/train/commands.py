@@ -20,9 +20,15 @@ __all__ = [
 def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--options", help="options.json with the model and training options (bilm-tf's keys)")
     p.add_argument("--vocab", help="vocabulary file: <S>, </S>, <UNK> then words by frequency")
-    p.add_argument("--train", nargs="+", metavar="GLOB", help="training shards: one tokenized sentence a line")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (checkpoints, log, options)")
-    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR exactly where it stopped")
+    p.add_argument(
+        "--train", nargs="+", metavar="GLOB", help="training shards: one tokenized sentence a line"
+    )
+    p.add_argument(
+        "--out", required=True, metavar="RUN_DIR", help="run directory (checkpoints, log, options)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in RUN_DIR exactly where it stopped"
+    )
     p.add_argument(
         "--init-from",
         metavar="MODEL",
@@ -32,7 +38,9 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reset-optimizer", action="store_true", help="with --init-from: fresh Adagrad state")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=int, help="stop after this many steps in all (overrides n_epochs)")
-    p.add_argument("--save-every", type=int, default=1250, metavar="STEPS", help="checkpoint interval (steps)")
+    p.add_argument(
+        "--save-every", type=int, default=1250, metavar="STEPS", help="checkpoint interval (steps)"
+    )
     p.add_argument(
         "--save-minutes", type=float, default=30.0, metavar="MIN", help="checkpoint at least this often"
     )
@@ -44,7 +52,7 @@ def configure_train(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from elmo.train.trainer import RunSettings, TrainError, Trainer
+    from elmo.train.trainer import RunSettings, Trainer, TrainError
 
     logging.basicConfig(level=logging.INFO, format="elmo train: %(message)s")
     if not args.resume and (args.options is None or args.vocab is None or not args.train):
@@ -80,7 +88,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def configure_perplexity(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="run dir, checkpoint.pt, exported model or bilm-tf checkpoint dir")
+    p.add_argument(
+        "model", metavar="MODEL", help="run dir, checkpoint.pt, exported model or bilm-tf checkpoint dir"
+    )
     p.add_argument("--vocab", help="vocabulary (default: the model's vocab.txt)")
     p.add_argument("--data", nargs="+", required=True, metavar="GLOB", help="text files: one sentence a line")
     p.add_argument(
@@ -110,7 +120,8 @@ def run_perplexity(args: argparse.Namespace) -> int:
         raise ModelError(f"{args.model}: has no vocab.txt; pass --vocab")
     if vocab.size != loaded.model.vocab_size:
         raise ModelError(
-            f"the vocabulary has {vocab.size} words but the model's softmax has {loaded.model.vocab_size} rows"
+            f"the vocabulary has {vocab.size} words but the model's softmax has "
+            f"{loaded.model.vocab_size} rows"
         )
     files = find_shards(args.data)
     if args.device:

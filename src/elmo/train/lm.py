@@ -164,9 +164,7 @@ class TrainingBiLM(nn.Module):
                 draw = self.sampler.sample(self.n_negative_samples, generator=generator)
                 per_token = self.softmax.sampled_loss(flat_h, flat_t, draw)
             losses.append(DirectionLoss(per_token.sum(), int(flat_t.numel())))
-        new_state = [
-            LayerState(fh, fc, bh, bc) for (fh, fc), (bh, bc) in zip(fwd_final, bwd_final)
-        ]
+        new_state = [LayerState(fh, fc, bh, bc) for (fh, fc), (bh, bc) in zip(fwd_final, bwd_final)]
         return LMLosses(losses[0], losses[1], new_state)
 
 

@@ -172,7 +172,8 @@ def load_initial_weights(
         diff = [k for k in ("lstm", "char_cnn") if ours_arch[k] != theirs_arch[k]]
         raise ModelError(
             f"{source}: its architecture differs from the options ({', '.join(diff)}): "
-            f"{json.dumps({k: theirs_arch[k] for k in diff})} vs {json.dumps({k: ours_arch[k] for k in diff})}"
+            f"{json.dumps({k: theirs_arch[k] for k in diff})} vs "
+            f"{json.dumps({k: ours_arch[k] for k in diff})}"
         )
     same_vocab = (
         loaded.vocab.words == vocab.words if loaded.vocab is not None else src.vocab_size == vocab.size

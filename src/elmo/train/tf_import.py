@@ -22,7 +22,11 @@ from elmo.train.tfcheckpoint import latest_checkpoint, list_variables, read_vari
 
 __all__ = [
     "TFImportError",
-    "assign_tf_variables", "load_bilm_tf_checkpoint", "resolve_checkpoint", "tf_variable_names"]
+    "assign_tf_variables",
+    "load_bilm_tf_checkpoint",
+    "resolve_checkpoint",
+    "tf_variable_names",
+]
 
 
 class TFImportError(ElmoError, ValueError):
@@ -104,7 +108,7 @@ def assign_tf_variables(
                 acc = optimizer.accumulators[ours]
                 acc.copy_(_fit(slot, values[slot], acc, float(acc.flatten()[0]), source))
     step = values.get("global_step")
-    return int(round(float(step))) if step is not None else 0
+    return round(float(step)) if step is not None else 0
 
 
 def load_bilm_tf_checkpoint(

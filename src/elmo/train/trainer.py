@@ -180,12 +180,16 @@ class Trainer:
         self.vocab = Vocabulary.from_file(self.vocab_path)
         self.config = _model_config(self.options, str(self.out / "options.json"))
         self._validate()
-        self.device = torch.device(self.settings.device) if self.settings.device else self.world.default_device()
+        self.device = (
+            torch.device(self.settings.device) if self.settings.device else self.world.default_device()
+        )
         self.batch_size = int(self.options["batch_size"])
         self.unroll_steps = int(self.options["unroll_steps"])
         world_at_start = int(ckpt.meta.get("world_size", 1)) if ckpt else self.world.size
         self.global_rows = int(ckpt.meta["global_rows"]) if ckpt else self.batch_size * self.world.size
-        self.partitions = int(ckpt.meta["partitions"]) if ckpt else (self.settings.partitions or self.world.size)
+        self.partitions = (
+            int(ckpt.meta["partitions"]) if ckpt else (self.settings.partitions or self.world.size)
+        )
         if self.partitions % self.world.size or self.global_rows % self.partitions:
             raise TrainError(
                 f"world size {self.world.size} does not fit the run's {self.partitions} data partitions "
@@ -263,7 +267,14 @@ class Trainer:
         merged = RunSettings(**{k: v for k, v in saved.items() if k in RunSettings.__dataclass_fields__})
         if given is not None:
             # What may change between sessions: the schedule, logging and device.
-            for key in ("max_steps", "save_every_steps", "save_every_minutes", "log_every", "device", "progress"):
+            for key in (
+                "max_steps",
+                "save_every_steps",
+                "save_every_minutes",
+                "log_every",
+                "device",
+                "progress",
+            ):
                 setattr(merged, key, getattr(given, key))
         merged.init_from = None
         return merged
@@ -272,14 +283,18 @@ class Trainer:
         opts = self.options
         for key in ("batch_size", "unroll_steps"):
             if not isinstance(opts.get(key), int) or opts[key] < 1:
-                raise TrainError(f"options: '{key}' must be a positive integer, found {json.dumps(opts.get(key))}")
+                raise TrainError(
+                    f"options: '{key}' must be a positive integer, found {json.dumps(opts.get(key))}"
+                )
         n_vocab = opts.get("n_tokens_vocab")
         if n_vocab is not None and n_vocab != self.vocab.size:
             raise TrainError(
                 f"options: n_tokens_vocab is {n_vocab} but {self.vocab_path} holds {self.vocab.size} words"
             )
         if not opts.get("bidirectional", True):
-            raise TrainError("options: bidirectional is false; only bidirectional LMs (ELMo) are trained here")
+            raise TrainError(
+                "options: bidirectional is false; only bidirectional LMs (ELMo) are trained here"
+            )
         if opts.get("share_embedding_softmax"):
             raise TrainError(
                 "options: share_embedding_softmax needs word inputs; ELMo's char-CNN inputs cannot share it "
@@ -310,7 +325,9 @@ class Trainer:
             )
         if self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "options.json").write_text(json.dumps(self.options, indent=2) + "\n", encoding="utf-8")
+            (self.out / "options.json").write_text(
+                json.dumps(self.options, indent=2) + "\n", encoding="utf-8"
+            )
             if self.vocab_path.resolve() != (self.out / "vocab.txt").resolve():
                 shutil.copyfile(self.vocab_path, self.out / "vocab.txt")
             settings = asdict(self.settings)
@@ -515,7 +532,11 @@ class _CSVLog:
         rows = []
         if path.is_file():
             with path.open(newline="", encoding="utf-8") as f:
-                rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= resumed_step]
+                rows = [
+                    r
+                    for r in csv.DictReader(f)
+                    if r.get("step", "").isdigit() and int(r["step"]) <= resumed_step
+                ]
         self.file = path.open("w", newline="", encoding="utf-8")
         self.writer = csv.DictWriter(self.file, fieldnames=LOG_FIELDS, extrasaction="ignore")
         self.writer.writeheader()
