@@ -288,3 +288,78 @@ def test_torchrun_two_processes_equal_one_process_with_the_same_global_batch(cor
     assert a.shape == b.shape == (steps, 2)
     np.testing.assert_allclose(a, b, rtol=1e-5)
     assert load_checkpoint(tmp_path / "ddp" / "checkpoint.pt").meta["world_size"] == 2
+
+
+FIXTURE_RUN = SHARED / "fixtures" / "bilm-tf" / "generated" / "run_small_fullsoftmax_nodropout"
+
+
+def test_fine_tune_from_bilm_tf_checkpoint_reproduces_its_restart(tmp_path):
+    """bilm-tf's restart: weights and Adagrad state from model.ckpt-30, data from the start."""
+    options = json.loads((FIXTURE_RUN / "options.json").read_text())
+    train_file = SHARED / "fixtures" / "bilm-tf" / "train" / "data.txt"
+    settings = RunSettings(
+        train=[str(train_file)], max_steps=6, shuffle=False, progress=False, save_every_steps=0,
+        save_every_minutes=0, init_from=str(FIXTURE_RUN / "checkpoint"),
+    )
+    vocab = SHARED / "fixtures" / "bilm-tf" / "train" / "vocab.txt"
+    rows = Trainer(tmp_path / "run", options, vocab, settings).run()
+    ref = json.loads((FIXTURE_RUN / "restart" / "restart.json").read_text())["restart"]["steps"]
+    assert [r["loss"] for r in rows] == pytest.approx([r["total_loss"] for r in ref], rel=1e-4)
+
+
+def test_fine_tune_from_export_keeps_or_resets_the_softmax(corpus, tmp_path):
+    options = _options(corpus)
+    source = Trainer(tmp_path / "src", options, corpus["vocab"], _settings(corpus, max_steps=2))
+    source.run()
+    export_model(tmp_path / "src", tmp_path / "export")
+    src = dict(source.model.named_parameters())
+
+    same = Trainer(tmp_path / "same", options, corpus["vocab"],
+                   _settings(corpus, max_steps=1, init_from=str(tmp_path / "export")))
+    for name, p in same.model.named_parameters():
+        assert torch.equal(p.detach(), src[name].detach()), name
+
+    words = Vocabulary.from_file(corpus["vocab"]).words
+    new_vocab = tmp_path / "new_vocab.txt"
+    new_vocab.write_text("\n".join([*words[:3], "zebra", *words[3:50]]) + "\n")
+    changed = _options(corpus, n_tokens_vocab=51)
+    other = Trainer(tmp_path / "other", changed, new_vocab,
+                    _settings(corpus, max_steps=1, init_from=str(tmp_path / "export")))
+    enc = dict(other.model.encoder.named_parameters())
+    for name, p in source.model.encoder.named_parameters():
+        assert torch.equal(p.detach(), enc[name].detach()), name
+    assert other.model.softmax.weight.shape == (51, 16)
+    other.run()  # trains with the new head
+
+    arch = _options(corpus)
+    arch["lstm"] = dict(arch["lstm"], dim=48)
+    with pytest.raises(Exception, match="architecture differs"):
+        Trainer(tmp_path / "bad", arch, corpus["vocab"],
+                _settings(corpus, max_steps=1, init_from=str(tmp_path / "export")))
+
+
+def test_cli_train_errors(corpus, tmp_path):
+    from elmo.cli import main
+
+    options = tmp_path / "options.json"
+    options.write_text(json.dumps(_options(corpus)))
+    base = ["train", "--options", str(options), "--vocab", str(corpus["vocab"]), "--quiet"]
+    cases = [
+        (["--train", str(tmp_path / "none-*.txt"), "--out", str(tmp_path / "a")], "none-*.txt"),
+        (["--out", str(tmp_path / "b")], "--train"),
+    ]
+    bad_vocab = tmp_path / "bad_vocab.txt"
+    bad_vocab.write_text("<S>\nthe\n")
+    cases.append(
+        (["--train", corpus["train"], "--out", str(tmp_path / "c"), "--vocab", str(bad_vocab)], "</S>")
+    )
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    cases.append((["--train", str(empty), "--out", str(tmp_path / "d")], "empty"))
+    for extra, expected in cases:
+        proc = subprocess.run(_cli(*base, *extra), capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 1, (extra, proc.stderr)
+        assert expected in proc.stderr, (extra, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        # One error line (possibly after informational log lines).
+        assert proc.stderr.strip().splitlines()[-1].startswith("elmo train: error: "), proc.stderr

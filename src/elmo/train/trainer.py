@@ -207,6 +207,9 @@ class Trainer:
             dict(self.model.named_parameters()), lr=float(self.options.get("learning_rate", 0.2))
         )
         self.step = 0
+        # Training time over all sessions of the run (wall clock, checkpoints included).
+        self._elapsed_before = float(ckpt.meta.get("elapsed_s", 0.0)) if ckpt else 0.0
+        self.elapsed_s = self._elapsed_before
         self.state: list[LayerState] | None = None
         self.total_steps = self._total_steps(ckpt)
         shards = find_shards(self.settings.train)
@@ -442,6 +445,7 @@ class Trainer:
                 "partitions": self.partitions,
                 "total_steps": self.total_steps,
                 "seed": self.settings.seed,
+                "elapsed_s": self.elapsed_s,
             },
         )
 
@@ -475,7 +479,7 @@ class Trainer:
                 now = time.monotonic()
                 row["perplexity"] = math.exp(min(row["loss"], 700.0))
                 row["tokens_per_s"] = window_steps * tokens_per_step / max(now - window_start, 1e-9)
-                row["elapsed_s"] = now - start
+                row["elapsed_s"] = self.elapsed_s = self._elapsed_before + now - start
                 row["step"] = self.step
                 history.append(row)
                 if on_step is not None:
