@@ -61,3 +61,35 @@ def test_stateless_token_log_likelihoods(run):
             np.testing.assert_allclose(
                 got[direction + "_full"].numpy(), ref[f"s{i}_{direction}_logprob_full"], rtol=0, atol=1e-5
             )
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_cli_perplexity_of_bilm_tf_checkpoint_at_any_batch_size(run, capsys):
+    """`elmo perplexity` reads the TF checkpoint itself (no TensorFlow) via its state file."""
+    from elmo.cli import main
+
+    ref = json.loads((GENERATED / run / "results.json").read_text())["test_batch_size_1"]
+    for batch_size in ("1", "5", "256"):
+        args = ["perplexity", str(GENERATED / run / "checkpoint"), "--vocab", str(VOCAB), "--data", str(DATA)]
+        assert main([*args, "--batch-size", batch_size, "--quiet"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["combined"] == pytest.approx(ref["perplexity_run_test"], rel=1e-5)
+        assert result["forward"] == pytest.approx(ref["perplexity_forward"], rel=1e-5)
+        assert result["backward"] == pytest.approx(ref["perplexity_backward"], rel=1e-5)
+        assert result["tokens"] == 139
+
+
+def test_cli_perplexity_errors(tmp_path, capsys):
+    from elmo.cli import main
+
+    ckpt = str(GENERATED / RUNS[0] / "checkpoint")
+    assert main(["perplexity", ckpt, "--data", str(DATA), "--quiet"]) == 1
+    assert "has no vocab.txt; pass --vocab" in capsys.readouterr().err
+    assert main(["perplexity", ckpt, "--vocab", str(VOCAB), "--data", str(tmp_path / "nothing*")]) == 1
+    assert "nothing*" in capsys.readouterr().err
+    small_vocab = tmp_path / "vocab.txt"
+    small_vocab.write_text("<S>\n</S>\n<UNK>\nthe\n")
+    assert main(["perplexity", ckpt, "--vocab", str(small_vocab), "--data", str(DATA), "--quiet"]) == 1
+    assert "4 words but the model's softmax has 32 rows" in capsys.readouterr().err
+    assert main(["perplexity", str(tmp_path), "--vocab", str(VOCAB), "--data", str(DATA)]) == 1
+    assert "not a model" in capsys.readouterr().err

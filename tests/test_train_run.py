@@ -298,8 +298,13 @@ def test_fine_tune_from_bilm_tf_checkpoint_reproduces_its_restart(tmp_path):
     options = json.loads((FIXTURE_RUN / "options.json").read_text())
     train_file = SHARED / "fixtures" / "bilm-tf" / "train" / "data.txt"
     settings = RunSettings(
-        train=[str(train_file)], max_steps=6, shuffle=False, progress=False, save_every_steps=0,
-        save_every_minutes=0, init_from=str(FIXTURE_RUN / "checkpoint"),
+        train=[str(train_file)],
+        max_steps=6,
+        shuffle=False,
+        progress=False,
+        save_every_steps=0,
+        save_every_minutes=0,
+        init_from=str(FIXTURE_RUN / "checkpoint"),
     )
     vocab = SHARED / "fixtures" / "bilm-tf" / "train" / "vocab.txt"
     rows = Trainer(tmp_path / "run", options, vocab, settings).run()
@@ -314,8 +319,12 @@ def test_fine_tune_from_export_keeps_or_resets_the_softmax(corpus, tmp_path):
     export_model(tmp_path / "src", tmp_path / "export")
     src = dict(source.model.named_parameters())
 
-    same = Trainer(tmp_path / "same", options, corpus["vocab"],
-                   _settings(corpus, max_steps=1, init_from=str(tmp_path / "export")))
+    same = Trainer(
+        tmp_path / "same",
+        options,
+        corpus["vocab"],
+        _settings(corpus, max_steps=1, init_from=str(tmp_path / "export")),
+    )
     for name, p in same.model.named_parameters():
         assert torch.equal(p.detach(), src[name].detach()), name
 
@@ -323,8 +332,12 @@ def test_fine_tune_from_export_keeps_or_resets_the_softmax(corpus, tmp_path):
     new_vocab = tmp_path / "new_vocab.txt"
     new_vocab.write_text("\n".join([*words[:3], "zebra", *words[3:50]]) + "\n")
     changed = _options(corpus, n_tokens_vocab=51)
-    other = Trainer(tmp_path / "other", changed, new_vocab,
-                    _settings(corpus, max_steps=1, init_from=str(tmp_path / "export")))
+    other = Trainer(
+        tmp_path / "other",
+        changed,
+        new_vocab,
+        _settings(corpus, max_steps=1, init_from=str(tmp_path / "export")),
+    )
     enc = dict(other.model.encoder.named_parameters())
     for name, p in source.model.encoder.named_parameters():
         assert torch.equal(p.detach(), enc[name].detach()), name
@@ -334,12 +347,15 @@ def test_fine_tune_from_export_keeps_or_resets_the_softmax(corpus, tmp_path):
     arch = _options(corpus)
     arch["lstm"] = dict(arch["lstm"], dim=48)
     with pytest.raises(Exception, match="architecture differs"):
-        Trainer(tmp_path / "bad", arch, corpus["vocab"],
-                _settings(corpus, max_steps=1, init_from=str(tmp_path / "export")))
+        Trainer(
+            tmp_path / "bad",
+            arch,
+            corpus["vocab"],
+            _settings(corpus, max_steps=1, init_from=str(tmp_path / "export")),
+        )
 
 
 def test_cli_train_errors(corpus, tmp_path):
-    from elmo.cli import main
 
     options = tmp_path / "options.json"
     options.write_text(json.dumps(_options(corpus)))
