@@ -21,7 +21,12 @@ __all__ = ["main"]
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", "-m", help="model directory holding options.json and weights.hdf5")
+    g.add_argument(
+        "--model",
+        "-m",
+        help="model directory holding options.json and weights.hdf5, or a released model's name "
+        "(downloaded once; see `elmo models`)",
+    )
     g.add_argument("--options", help="options.json of the model (with --weights)")
     g.add_argument("--weights", help="weights.hdf5 of the model (with --options)")
     g.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
@@ -129,6 +134,13 @@ _MODULE_COMMANDS = {
         "run",
         "context-free token embeddings (word_emb) of every word of a vocabulary, to HDF5",
     ),
+    "models": ("elmo.download", "configure_models", "run_models", "list the released models known by name"),
+    "download": (
+        "elmo.download",
+        "configure_download",
+        "run_download",
+        "download released models by name into the cache",
+    ),
 }
 
 
@@ -149,7 +161,11 @@ def _load_model(args: argparse.Namespace, stateful: bool = False):
     if not model:
         raise _UsageError("no model given: pass --model DIR, or --options FILE --weights FILE")
     if not Path(model).is_dir():
-        raise FileNotFoundError(f"{model}: no such model directory")
+        from elmo.download import download_model, is_model_name, not_found_message
+
+        if not is_model_name(model):
+            raise FileNotFoundError(not_found_message(model))
+        model = download_model(model, progress=False if getattr(args, "quiet", False) else None)
     return elmo.load(model, stateful=stateful, device=getattr(args, "device", None))
 
 

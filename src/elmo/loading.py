@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from elmo.config import ElmoConfig
+from elmo.download import download_model, is_model_name, not_found_message
 from elmo.model import ElmoBiLM
 from elmo.module import ElmoModule
 from elmo.weights import load_weights
@@ -68,20 +69,24 @@ def load(
     """Load an ELMo model with the TF Hub module's interface.
 
     ``load("options.json", "weights.hdf5")`` or ``load("model_dir")`` for a directory
-    holding both. ``stateful=True`` carries LSTM state between calls (reproducing
-    AllenNLP and bilm-tf); ``finetune=True`` makes the whole biLM trainable.
+    holding both, or ``load("small")`` for a released model by name (downloaded once into
+    a cache: see :mod:`elmo.download`). ``stateful=True`` carries LSTM state between
+    calls (reproducing AllenNLP and bilm-tf); ``finetune=True`` makes the whole biLM
+    trainable.
     """
     if options is None:
         raise TypeError("load() needs the model: load('options.json', 'weights.hdf5') or load('model_dir')")
     if weights is None:
         path = Path(options)
+        if not path.exists() and is_model_name(options):
+            path = download_model(str(options))
         if not path.is_dir():
             if path.suffix in (".hdf5", ".h5"):
                 raise TypeError(
                     f"{path}: this is a weight file; pass the options too: load(options, '{path}')"
                 )
             if not path.exists():
-                raise FileNotFoundError(f"{path}: no such model directory")
+                raise FileNotFoundError(not_found_message(options))
             raise TypeError(f"{path}: pass the weights too (load(options, weights)) or a model directory")
         options, weights = find_model_files(path)
     bilm = load_bilm(options, weights, device)

@@ -30,7 +30,7 @@ from elmo.config import ElmoConfig
 from elmo.errors import WeightsError
 from elmo.model import ElmoBiLM
 
-__all__ = ["dataset_layout", "load_weights", "save_weights"]
+__all__ = ["check_weights", "dataset_layout", "load_weights", "save_weights"]
 
 # Datasets with these prefixes belong to the LM head (softmax), not to the embedder.
 _IGNORED_PREFIXES = ("softmax",)
@@ -92,6 +92,72 @@ def _alias(name: str, datasets: dict[str, h5py.Dataset], n_layers: int) -> str:
     return name
 
 
+def _open(path: Path) -> h5py.File:
+    if not path.exists():
+        raise WeightsError(f"{path}: weight file not found")
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a directory, expected a weights.hdf5 file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise WeightsError(
+            f"{path}: cannot read as HDF5 (not an HDF5 file, or truncated or corrupt): {e}"
+        ) from None
+
+
+def _read_plan(h5: h5py.File, bilm: ElmoBiLM, path: Path) -> list[tuple[str, h5py.Dataset, torch.Tensor]]:
+    """Each stored dataset with the tensor it fills, after checking names, shapes and dtypes."""
+    datasets = _list_datasets(h5)
+    layout = list(dataset_layout(bilm))
+    n_layers = bilm.config.lstm.n_layers
+    used: set[str] = set()
+    plan = []
+    for name, target, why in layout:
+        stored = _alias(name, datasets, n_layers)
+        if stored not in datasets:
+            raise WeightsError(
+                f"{path}: missing dataset '{name}' (expected shape {tuple(target.shape)} from "
+                f"the options: {why})"
+            )
+        ds = datasets[stored]
+        used.add(stored)
+        if ds.shape != tuple(target.shape):
+            raise WeightsError(
+                f"{path}: dataset '{stored}': expected shape {tuple(target.shape)} "
+                f"(from the options: {why}), found {ds.shape}; do the options belong to "
+                "these weights?"
+            )
+        if ds.dtype.kind != "f":
+            raise WeightsError(f"{path}: dataset '{stored}': expected float32 values, found dtype {ds.dtype}")
+        plan.append((stored, ds, target))
+    extra = sorted(n for n in datasets if n not in used and not n.startswith(_IGNORED_PREFIXES))
+    if extra:
+        listed = ", ".join(f"'{n}' {datasets[n].shape}" for n in extra[:5])
+        more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
+        raise WeightsError(
+            f"{path}: dataset {listed}{more} not described by the options "
+            f"(lstm.n_layers={n_layers}, char_cnn.n_highway={bilm.config.char_cnn.n_highway}, "
+            f"{len(bilm.config.char_cnn.filters)} char_cnn.filters); "
+            "do the options belong to these weights?"
+        )
+    return plan
+
+
+def check_weights(model: ElmoBiLM | ElmoConfig, path: str | os.PathLike[str]) -> None:
+    """Check a weight file against the options without reading any values.
+
+    Raises the :class:`~elmo.errors.WeightsError` that :func:`load_weights` would raise
+    before reading (file, dataset names, shapes, dtypes). Given a config, the model is
+    built on the meta device, so no memory is allocated for the weights.
+    """
+    if isinstance(model, ElmoConfig):
+        with torch.device("meta"):
+            model = ElmoBiLM(model)
+    path = Path(path)
+    with _open(path) as h5:
+        _read_plan(h5, model, path)
+
+
 def load_weights(bilm: ElmoBiLM, path: str | os.PathLike[str]) -> None:
     """Fill ``bilm``'s parameters from a weight file, validating it against the options.
 
@@ -101,53 +167,8 @@ def load_weights(bilm: ElmoBiLM, path: str | os.PathLike[str]) -> None:
     non-float dtype, and non-finite values.
     """
     path = Path(path)
-    if not path.exists():
-        raise WeightsError(f"{path}: weight file not found")
-    if path.is_dir():
-        raise WeightsError(f"{path}: is a directory, expected a weights.hdf5 file")
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError as e:
-        raise WeightsError(
-            f"{path}: cannot read as HDF5 (not an HDF5 file, or truncated or corrupt): {e}"
-        ) from None
-    with h5:
-        datasets = _list_datasets(h5)
-        layout = list(dataset_layout(bilm))
-        n_layers = bilm.config.lstm.n_layers
-        used: set[str] = set()
-        plan = []
-        for name, target, why in layout:
-            stored = _alias(name, datasets, n_layers)
-            if stored not in datasets:
-                raise WeightsError(
-                    f"{path}: missing dataset '{name}' (expected shape {tuple(target.shape)} from "
-                    f"the options: {why})"
-                )
-            ds = datasets[stored]
-            used.add(stored)
-            if ds.shape != tuple(target.shape):
-                raise WeightsError(
-                    f"{path}: dataset '{stored}': expected shape {tuple(target.shape)} "
-                    f"(from the options: {why}), found {ds.shape}; do the options belong to "
-                    "these weights?"
-                )
-            if ds.dtype.kind != "f":
-                raise WeightsError(
-                    f"{path}: dataset '{stored}': expected float32 values, found dtype {ds.dtype}"
-                )
-            plan.append((stored, ds, target))
-        extra = sorted(n for n in datasets if n not in used and not n.startswith(_IGNORED_PREFIXES))
-        if extra:
-            listed = ", ".join(f"'{n}' {datasets[n].shape}" for n in extra[:5])
-            more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
-            raise WeightsError(
-                f"{path}: dataset {listed}{more} not described by the options "
-                f"(lstm.n_layers={n_layers}, char_cnn.n_highway={bilm.config.char_cnn.n_highway}, "
-                f"{len(bilm.config.char_cnn.filters)} char_cnn.filters); "
-                "do the options belong to these weights?"
-            )
-        for name, ds, target in plan:
+    with _open(path) as h5:
+        for name, ds, target in _read_plan(h5, bilm, path):
             dest = target.numpy() if target.device.type == "cpu" else np.empty(target.shape, np.float32)
             try:
                 if ds.size:

@@ -1,0 +1,556 @@
+"""Released ELMo models by name: a registry of their published files and a download cache.
+
+``elmo.load("small")`` and ``elmo embed --model small`` fetch the ``options.json`` and
+``weights.hdf5`` that AllenNLP published, once, into a cache, and use them from there.
+
+- The cache is ``$ELMO_CACHE`` if set, else ``$XDG_CACHE_HOME/elmo``, else
+  ``~/.cache/elmo``; it holds one directory per model with ``options.json`` and
+  ``weights.hdf5``, which :func:`elmo.load` reads like any model directory.
+- ``$ELMO_DOWNLOAD_URL`` replaces the published base address (:data:`PUBLISHED_BASE_URL`)
+  of the registered URLs: a mirror, or a local server in the tests.
+- A file is streamed to ``FILE.partial``, which later attempts (and later runs) resume
+  with HTTP ``Range`` requests; dropped connections are retried with backoff. The
+  size is checked against what the server announced (and the registry, when it knows
+  it), then the structure (the options parse; the weights' datasets match the options),
+  and only then is the file renamed into place. So a file in the cache is complete, and
+  a file placed there by hand is used as it is.
+- A lock per model makes concurrent processes wait for one download and reuse it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import os
+import re
+import socket
+import ssl
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from elmo.config import ElmoConfig
+from elmo.errors import ConfigError, ElmoError, WeightsError
+from elmo.weights import check_weights
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; see _model_lock
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "PUBLISHED_BASE_URL",
+    "DownloadError",
+    "ReleasedModel",
+    "default_cache_dir",
+    "download_model",
+    "is_model_name",
+    "known_models",
+    "register_model",
+    "resolve_model",
+]
+
+PUBLISHED_BASE_URL = "https://s3-us-west-2.amazonaws.com/allennlp/models/elmo"
+OPTIONS_FILE, WEIGHTS_FILE = "options.json", "weights.hdf5"
+
+_CHUNK = 1 << 20
+# Seconds before the first retry; doubled after each failed attempt that made no progress.
+_BACKOFF = 0.5
+_MAX_BACKOFF = 30.0
+# Names become directory names and must never be mistaken for paths.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class DownloadError(ElmoError, OSError):
+    """A released model that could not be downloaded, or whose download is not valid."""
+
+
+@dataclass(frozen=True)
+class ReleasedModel:
+    """A model known by name: where its two files are published."""
+
+    name: str
+    options_url: str
+    weights_url: str
+    weights_size: int | None = None  # bytes, checked after download when known
+    description: str = ""
+
+
+_REGISTRY: dict[str, ReleasedModel] = {}
+
+
+def register_model(
+    name: str,
+    options_url: str,
+    weights_url: str,
+    size: int | None = None,
+    description: str = "",
+    *,
+    replace: bool = False,
+) -> ReleasedModel:
+    """Make ``name`` loadable with ``elmo.load(name)`` and ``elmo ... --model name``.
+
+    ``size`` is the weight file's size in bytes, checked after the download when given.
+    Registering a known name again needs ``replace=True`` (e.g. to point it at a mirror).
+    """
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"model name {name!r}: expected letters, digits, '.', '_' or '-', not a path")
+    if name in _REGISTRY and not replace:
+        raise ValueError(f"model name {name!r} is already registered; pass replace=True to change it")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+        raise ValueError(f"model {name!r}: size must be a positive number of bytes, not {size!r}")
+    model = ReleasedModel(name, options_url, weights_url, size, description)
+    _REGISTRY[name] = model
+    return model
+
+
+def known_models() -> dict[str, ReleasedModel]:
+    """The registered models by name (a copy)."""
+    return dict(_REGISTRY)
+
+
+def is_model_name(name: object) -> bool:
+    """Whether ``name`` is a registered model's name."""
+    return isinstance(name, str) and name in _REGISTRY
+
+
+# The released models. URLs: the models table of https://allennlp.org/elmo links these
+# files (sizes, parameters and highway layers match the directory names); the same URLs
+# are hardcoded as DEFAULT_OPTIONS_FILE / DEFAULT_WEIGHT_FILE (original) in
+# allenai/allennlp allennlp/commands/elmo.py, and for small, medium, 5.5B ("large"),
+# Portuguese ("pt") and PubMed in ELMoEmbeddings of flairNLP/flair
+# flair/embeddings/legacy.py. No source found states the files' exact sizes in bytes (a
+# mirror on huggingface.co lists the original weights as "374 MB", rounded), so they are
+# verified by structure: the HDF5 file opens and its datasets match the options.
+for _name, _path, _weights, _description in (
+    (
+        "small",
+        "2x1024_128_2048cnn_1xhighway/elmo_2x1024_128_2048cnn_1xhighway",
+        "_weights.hdf5",
+        "English, 1B Word Benchmark; 13.6M parameters, LSTM 1024 cells / 128 projection, 1 highway",
+    ),
+    (
+        "medium",
+        "2x2048_256_2048cnn_1xhighway/elmo_2x2048_256_2048cnn_1xhighway",
+        "_weights.hdf5",
+        "English, 1B Word Benchmark; 28.0M parameters, LSTM 2048 cells / 256 projection, 1 highway",
+    ),
+    (
+        "original",
+        "2x4096_512_2048cnn_2xhighway/elmo_2x4096_512_2048cnn_2xhighway",
+        "_weights.hdf5",
+        "English, 1B Word Benchmark; 93.6M parameters, LSTM 4096 cells / 512 projection, 2 highway",
+    ),
+    (
+        "original-5.5b",
+        "2x4096_512_2048cnn_2xhighway_5.5B/elmo_2x4096_512_2048cnn_2xhighway_5.5B",
+        "_weights.hdf5",
+        "English, Wikipedia + WMT news 2008-2012 (5.5B tokens); the original's shape",
+    ),
+    (
+        "pubmed",
+        "contributed/pubmed/elmo_2x4096_512_2048cnn_2xhighway",
+        "_weights_PubMed_only.hdf5",
+        "English biomedical text (PubMed, contributed); the original's shape",
+    ),
+    (
+        "portuguese",
+        "contributed/pt/elmo_pt",
+        "_weights.hdf5",
+        "Portuguese (contributed)",
+    ),
+):
+    register_model(
+        _name,
+        f"{PUBLISHED_BASE_URL}/{_path}_options.json",
+        f"{PUBLISHED_BASE_URL}/{_path}{_weights}",
+        description=_description,
+    )
+
+
+def default_cache_dir() -> Path:
+    """``$ELMO_CACHE``, else ``$XDG_CACHE_HOME/elmo``, else ``~/.cache/elmo``."""
+    env = os.environ.get("ELMO_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    # The XDG spec says to ignore a relative XDG_CACHE_HOME.
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "elmo"
+
+
+def _url(url: str) -> str:
+    """``url`` with the published base replaced by ``$ELMO_DOWNLOAD_URL`` when set."""
+    mirror = os.environ.get("ELMO_DOWNLOAD_URL")
+    if mirror and url.startswith(PUBLISHED_BASE_URL + "/"):
+        return mirror.rstrip("/") + url[len(PUBLISHED_BASE_URL) :]
+    return url
+
+
+def _lookup(name: str) -> ReleasedModel:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model name {name!r}; known: {', '.join(_REGISTRY)}") from None
+
+
+def not_found_message(name_or_path: object) -> str:
+    """The error for a model that is neither an existing path nor a registered name."""
+    text = os.fspath(name_or_path)  # type: ignore[call-overload]
+    message = f"{text}: no such model directory"
+    # A bare word was more likely meant as a name than as a directory.
+    if isinstance(name_or_path, str) and "/" not in text and os.sep not in text:
+        message += f", nor a known model name ({', '.join(_REGISTRY)})"
+    return message
+
+
+def resolve_model(
+    name_or_path: str | os.PathLike[str],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool | None = None,
+) -> Path:
+    """The model directory (``options.json`` + ``weights.hdf5``) for a path or a name.
+
+    An existing path is returned as it is; a registered name is downloaded into the
+    cache if needed and its cache directory returned; anything else raises
+    :class:`FileNotFoundError` listing the known names.
+    """
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    if is_model_name(name_or_path):
+        return download_model(str(name_or_path), cache_dir=cache_dir, progress=progress)
+    raise FileNotFoundError(not_found_message(name_or_path))
+
+
+def download_model(
+    name: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    force: bool = False,
+    progress: bool | None = None,
+    timeout: float = 30.0,
+    retries: int = 5,
+) -> Path:
+    """Download a registered model into the cache (if not there yet); its directory.
+
+    ``progress``: a progress bar on standard error (``None``: when it is a terminal, a
+    line of text otherwise; ``False``: nothing). ``timeout``: seconds a connection may
+    stay silent. ``retries``: attempts after one that fails without
+    any progress (one that made progress resumes at once). ``force``: download again
+    even if the files are cached.
+
+    Raises :class:`DownloadError` naming the model, the URL and the path where the
+    file belongs, so that it can be fetched by other means.
+    """
+    model = _lookup(name)
+    directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    directory = directory / model.name
+    job = _Download(model, directory, progress, timeout, retries)
+    if not force and job.options.is_file() and job.weights.is_file():
+        return directory
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DownloadError(
+            f"cannot create the elmo model cache {directory}: {e.strerror}; "
+            "set ELMO_CACHE to a writable directory"
+        ) from None
+    with _model_lock(directory, job.say):
+        if force:
+            for path in (job.options, job.weights):
+                path.unlink(missing_ok=True)
+        # Another process may have finished the download while we waited for the lock.
+        if not job.options.is_file() or not job.weights.is_file():
+            job.run()
+    return directory
+
+
+@contextlib.contextmanager
+def _model_lock(directory: Path, say: Callable[[str], None]) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory/.lock`` (blocking) where the OS has flock."""
+    if fcntl is None:
+        yield
+        return
+    with open(directory / ".lock", "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"elmo: waiting for another process to finish downloading into {directory}")
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        except OSError:
+            pass  # a file system without locks (some NFS mounts): go on unlocked
+        # flock locks belong to the open file: closing it (also when a thread of this
+        # process raises) releases the lock.
+        yield
+
+
+class _Fatal(Exception):
+    """A failure that retrying will not fix (HTTP 404, a size the registry contradicts)."""
+
+
+class _Transient(Exception):
+    """A failure worth retrying (the connection closed early, the server misbehaved)."""
+
+
+def _is_transient(e: BaseException) -> bool:
+    if isinstance(e, urllib.error.URLError):
+        if not isinstance(e.reason, BaseException):
+            return False  # e.g. an unknown URL scheme
+        e = e.reason
+    # Refused connections and unknown hosts mean offline or a wrong URL: fail at once.
+    hopeless = (ConnectionRefusedError, socket.gaierror, ssl.SSLCertVerificationError, FileNotFoundError)
+    if isinstance(e, hopeless):
+        return False
+    return isinstance(e, (_Transient, OSError, http.client.HTTPException, urllib.error.URLError))
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, urllib.error.URLError) and not isinstance(e, urllib.error.HTTPError):
+        e = e.reason if isinstance(e.reason, BaseException) else Exception(str(e.reason))
+    if isinstance(e, (socket.timeout, TimeoutError)):
+        return "timed out"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror[0].lower() + e.strerror[1:]
+    if isinstance(e, http.client.IncompleteRead):
+        return "connection closed before the end of the file"
+    return str(e) or type(e).__name__
+
+
+def _content_range(value: str | None) -> tuple[int | None, int | None]:
+    """(first byte, total size) of ``bytes FIRST-LAST/TOTAL`` or ``bytes */TOTAL``."""
+    match = re.fullmatch(r"\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)\s*", value or "")
+    if not match:
+        return None, None
+    first, total = match.groups()
+    return (int(first) if first else None), (int(total) if total != "*" else None)
+
+
+def _size(n: int | None) -> str:
+    return "unknown size" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+class _Download:
+    """Fetching one model's two files into its cache directory (under its lock)."""
+
+    def __init__(
+        self, model: ReleasedModel, directory: Path, progress: bool | None, timeout: float, retries: int
+    ) -> None:
+        self.model, self.directory = model, directory
+        self.options, self.weights = directory / OPTIONS_FILE, directory / WEIGHTS_FILE
+        self.progress, self.timeout, self.retries = progress, timeout, retries
+        # Without a lock, concurrent processes must not append to the same partial file.
+        self.partial_suffix = ".partial" if fcntl is not None else f".{os.getpid()}.partial"
+
+    def say(self, message: str) -> None:
+        if self.progress is not False:
+            print(message, file=sys.stderr, flush=True)
+
+    def run(self) -> None:
+        self.say(f"elmo: downloading model {self.model.name!r} into {self.directory}")
+        if not self.options.is_file():
+            self.fetch("options", _url(self.model.options_url), self.options, None, self._check_options)
+        if not self.weights.is_file():
+            config = ElmoConfig.from_json(self.options)
+
+            def check(path: Path) -> None:
+                check_weights(config, path)
+
+            self.fetch("weights", _url(self.model.weights_url), self.weights, self.model.weights_size, check)
+
+    @staticmethod
+    def _check_options(path: Path) -> None:
+        ElmoConfig.from_json(path)
+
+    # ------------------------------------------------------------------ one file
+    def fetch(self, kind: str, url: str, dest: Path, size: int | None, check: Callable[[Path], None]) -> None:
+        """Download ``url`` to ``dest`` through a partial file: resume, retry, verify, rename."""
+        partial = dest.with_name(dest.name + self.partial_suffix)
+        failures = 0
+        while True:
+            before = partial.stat().st_size if partial.exists() else 0
+            try:
+                self._attempt(kind, url, partial, size)
+                break
+            except _Fatal as e:
+                raise self._error(kind, url, dest, str(e)) from None
+            except DownloadError:
+                raise
+            except (_Transient, OSError, http.client.HTTPException) as e:
+                if not _is_transient(e):
+                    raise self._error(kind, url, dest, _reason(e)) from None
+                progressed = partial.exists() and partial.stat().st_size > before
+                failures = 0 if progressed else failures + 1
+                if failures > self.retries:
+                    raise self._error(
+                        kind, url, dest, f"{_reason(e)}; gave up after {failures} attempts"
+                    ) from None
+                delay = min(_BACKOFF * 2**failures, _MAX_BACKOFF)
+                self.say(f"elmo: {kind} of {self.model.name!r}: {_reason(e)}; retrying in {delay:.1f} s")
+                time.sleep(delay)
+        try:
+            check(partial)
+        except (ConfigError, WeightsError) as e:
+            partial.unlink(missing_ok=True)
+            raise DownloadError(
+                f"the elmo {self.model.name!r} {kind} downloaded from {url} are not valid, so they were "
+                f"deleted ({e}); is {url} the right address?"
+            ) from None
+        os.replace(partial, dest)
+
+    def _attempt(self, kind: str, url: str, partial: Path, size: int | None) -> None:
+        """One request: append to ``partial`` until the file is complete, or raise."""
+        have = partial.stat().st_size if partial.exists() else 0
+        if size is not None and have > size:
+            partial.unlink()
+            have = 0
+        try:
+            request = urllib.request.Request(url, headers={"User-Agent": "elmo-embeddings"})
+        except ValueError as e:
+            raise _Fatal(f"not a URL: {e}") from None
+        if have:
+            request.add_header("Range", f"bytes={have}-")
+        try:
+            response = urllib.request.urlopen(request, timeout=self.timeout)
+        except urllib.error.HTTPError as e:
+            e.close()
+            if e.code == 416 and have:
+                # "Range not satisfiable": the partial file is already whole, or bigger
+                # than the file (a different version): start over then.
+                _, total = _content_range(e.headers.get("Content-Range"))
+                if total == have and size in (None, have):
+                    return
+                partial.unlink()
+                raise _Transient("the server could not resume the partial file; starting over") from None
+            if e.code in (408, 429) or e.code >= 500:
+                raise _Transient(f"HTTP {e.code} {e.reason}") from None
+            raise _Fatal(f"HTTP {e.code} {e.reason}") from None
+        with response:
+            # file: URLs have no status; treat them like a plain 200.
+            status = getattr(response, "status", None) or 200
+            if status == 206:
+                first, total = _content_range(response.headers.get("Content-Range"))
+                if first != have:
+                    partial.unlink()
+                    raise _Transient(f"the server resumed at byte {first}, not {have}; starting over")
+            else:
+                if have:
+                    self.say(f"elmo: the server of {url} does not resume downloads; starting over")
+                have = 0
+                length = response.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+            if size is not None and total is not None and total != size:
+                partial.unlink(missing_ok=True)
+                raise _Fatal(f"the server announces {total} bytes, the registry expects {size}")
+            expected = total if total is not None else size
+            self._stream(kind, response, partial, have, expected, size)
+
+    def _stream(
+        self, kind: str, response: Any, partial: Path, have: int, expected: int | None, size: int | None
+    ) -> None:
+        read = getattr(response, "read1", response.read)
+        # Opened apart from the with below so that a file error is not taken for a network one.
+        try:
+            out = open(partial, "ab" if have else "wb")  # noqa: SIM115
+        except OSError as e:
+            raise DownloadError(f"cannot write {partial}: {e.strerror}") from None
+        too_big = False
+        with out, self._bar(kind, expected, have) as bar:
+            while True:
+                # read1 returns what has arrived, so the bar moves on a slow connection.
+                chunk = read(_CHUNK)
+                if not chunk:
+                    break
+                if size is not None and have + len(chunk) > size:
+                    too_big = True
+                    break
+                try:
+                    out.write(chunk)
+                except OSError as e:
+                    raise DownloadError(f"cannot write {partial}: {e.strerror}") from None
+                have += len(chunk)
+                bar.update(len(chunk))
+        if too_big:
+            partial.unlink()
+            raise _Fatal(f"the server sent more than the {size} bytes the registry expects")
+        if expected is not None and have < expected:
+            raise _Transient(f"connection closed after {have} of {expected} bytes")
+
+    @contextlib.contextmanager
+    def _bar(self, kind: str, total: int | None, initial: int) -> Iterator[Any]:
+        show = self.progress if self.progress is not None else sys.stderr.isatty()
+        if kind != "weights" or not show:
+            if kind == "weights" and self.progress is None:
+                resuming = f", resuming after {_size(initial)}" if initial else ""
+                self.say(f"elmo: fetching the {self.model.name!r} weights ({_size(total)}){resuming}")
+            yield _NoBar()
+            return
+        from tqdm import tqdm
+
+        with tqdm(
+            total=total,
+            initial=initial,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"{self.model.name} weights",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        ) as bar:
+            yield bar
+
+    def _error(self, kind: str, url: str, dest: Path, reason: str) -> DownloadError:
+        message = (
+            f"cannot download elmo {self.model.name!r} {kind} from {url} ({reason}); "
+            f"fetch it yourself and place it at {dest}"
+        )
+        if kind == "options" and not self.weights.is_file():
+            message += f", and the weights from {_url(self.model.weights_url)} at {self.weights}"
+        return DownloadError(message)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------- command line
+def configure_download(p: argparse.ArgumentParser) -> None:
+    """``elmo download NAME...``."""
+    p.add_argument("names", nargs="+", metavar="NAME", help="released model name (see `elmo models`)")
+    p.add_argument("--cache-dir", help="where models are kept (default: $ELMO_CACHE or ~/.cache/elmo)")
+    p.add_argument("--force", action="store_true", help="download again even if cached")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+
+
+def run_download(args: argparse.Namespace) -> int:
+    """Download each model; print its directory on standard output."""
+    for name in args.names:
+        _lookup(name)
+    for name in args.names:
+        progress = False if args.quiet else None
+        print(download_model(name, args.cache_dir, force=args.force, progress=progress))
+    return 0
+
+
+def configure_models(p: argparse.ArgumentParser) -> None:
+    """``elmo models``."""
+    p.add_argument("--cache-dir", help="where models are kept (default: $ELMO_CACHE or ~/.cache/elmo)")
+
+
+def run_models(args: argparse.Namespace) -> int:
+    """List the known models and whether each is in the cache."""
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    width = max(len(n) for n in _REGISTRY)
+    for name, model in _REGISTRY.items():
+        here = (cache / name / OPTIONS_FILE).is_file() and (cache / name / WEIGHTS_FILE).is_file()
+        print(f"{name:{width}s}  {'cached    ' if here else 'not cached'}  {model.description}")
+    print(f"cache: {cache} (ELMO_CACHE changes it)", file=sys.stderr)
+    return 0

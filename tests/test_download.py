@@ -1,0 +1,463 @@
+"""Released models by name: downloads from a loopback HTTP server into a temporary cache.
+
+Nothing here leaves 127.0.0.1: ``ELMO_DOWNLOAD_URL`` points the registry's published
+addresses at a local server that serves AllenNLP's tiny test model in place of the
+released files, misbehaving on request (slow, stalled, dropped connections, ignored
+``Range``, wrong sizes, missing or corrupt files).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+
+import elmo
+from conftest import ALLENNLP
+from elmo import cli, download
+from elmo.config import ElmoConfig
+from elmo.download import DownloadError, default_cache_dir, download_model, register_model, resolve_model
+
+OPTIONS = (ALLENNLP / "options.json").read_bytes()
+WEIGHTS = (ALLENNLP / "lm_weights.hdf5").read_bytes()  # 450,896 bytes
+# Where the registry's "small" files live, relative to the published base URL.
+SMALL = "/2x1024_128_2048cnn_1xhighway/elmo_2x1024_128_2048cnn_1xhighway"
+SMALL_OPTIONS, SMALL_WEIGHTS = SMALL + "_options.json", SMALL + "_weights.hdf5"
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a stalled handler must not hold up the test's end
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.files: dict[str, bytes] = {SMALL_OPTIONS: OPTIONS, SMALL_WEIGHTS: WEIGHTS}
+        # How to misbehave. chunk: bytes a write; delay: seconds after each write;
+        # ignore_range: answer 200 with the whole file; no_length: no Content-Length. For
+        # weight files only: unavailable: answer the next requests 503; stall: seconds
+        # before the body; short_by: bytes left off the file; drop_after: bytes after
+        # which the next `drops` responses hang up.
+        self.settings: dict[str, float] = dict(
+            chunk=64 * 1024, delay=0, ignore_range=0, no_length=0, unavailable=0, stall=0, short_by=0, drops=0
+        )
+        self.log: list[tuple[str, str | None, int]] = []  # path, Range header, status
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients that time out leave broken pipes behind; that is the point
+
+    def weight_requests(self) -> list[tuple[str, str | None, int]]:
+        return [entry for entry in self.log if entry[0].endswith(".hdf5")]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        srv, settings = self.server, self.server.settings
+        body = srv.files.get(self.path)
+        requested = self.headers.get("Range")
+        weights = self.path.endswith(".hdf5")
+        if body is None:
+            srv.log.append((self.path, requested, 404))
+            self.send_error(404)
+            return
+        if weights and settings["unavailable"] > 0:
+            settings["unavailable"] -= 1
+            srv.log.append((self.path, requested, 503))
+            self.send_error(503)
+            return
+        start = 0
+        if requested and not settings["ignore_range"]:
+            start = int(re.fullmatch(r"bytes=(\d+)-", requested).group(1))
+            if start >= len(body):
+                srv.log.append((self.path, requested, 416))
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        srv.log.append((self.path, requested, 206 if start else 200))
+        part = body[start:]
+        if weights:
+            part = part[: len(part) - int(settings["short_by"])]
+        if not settings["no_length"]:
+            self.send_header("Content-Length", str(len(part)))
+        self.end_headers()
+        limit = len(part)
+        if weights:
+            if settings["drops"] > 0:
+                settings["drops"] -= 1
+                limit = int(settings["drop_after"])
+            time.sleep(settings["stall"])
+        chunk = int(settings["chunk"])
+        for i in range(0, limit, chunk):
+            self.wfile.write(part[i : min(i + chunk, limit)])
+            self.wfile.flush()
+            time.sleep(settings["delay"])
+        # HTTP/1.0: the connection closes here, also after a short body.
+
+
+@pytest.fixture
+def server():
+    srv = _Server()
+    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def cache(tmp_path, server, monkeypatch) -> Path:
+    """The cache directory, with the published addresses pointed at the server."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ELMO_CACHE", str(cache))
+    monkeypatch.setenv("ELMO_DOWNLOAD_URL", server.url)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setattr(download, "_BACKOFF", 0.01)
+    # Tests register models of their own; the registry is restored afterwards.
+    monkeypatch.setattr(download, "_REGISTRY", dict(download._REGISTRY))
+    return cache
+
+
+def _env(server: _Server, cache: Path) -> dict[str, str]:
+    return dict(
+        os.environ,
+        ELMO_CACHE=str(cache),
+        ELMO_DOWNLOAD_URL=server.url,
+        no_proxy="127.0.0.1,localhost",
+        PYTHONUNBUFFERED="1",
+    )
+
+
+def _assert_cached(cache: Path, name: str = "small") -> None:
+    directory = cache / name
+    assert (directory / "options.json").read_bytes() == OPTIONS
+    assert (directory / "weights.hdf5").read_bytes() == WEIGHTS
+    assert not list(directory.glob("*.partial"))
+
+
+# ---------------------------------------------------------------------- normal use
+def test_download_once_then_load_by_name(cache, server):
+    assert download_model("small", progress=False) == cache / "small"
+    _assert_cached(cache)
+    assert [(path, status) for path, _, status in server.log] == [(SMALL_OPTIONS, 200), (SMALL_WEIGHTS, 200)]
+
+    # Cached: no more requests, whichever way the name comes in.
+    assert resolve_model("small") == cache / "small"
+    model = elmo.load("small")
+    assert len(server.log) == 2
+    reference = elmo.load(ALLENNLP / "options.json", ALLENNLP / "lm_weights.hdf5")
+    with torch.no_grad():
+        assert torch.equal(model(["the cat sat"])["elmo"], reference(["the cat sat"])["elmo"])
+
+
+def test_cache_location(monkeypatch, tmp_path):
+    monkeypatch.delenv("ELMO_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "elmo"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "elmo"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "elmo"
+    monkeypatch.setenv("ELMO_CACHE", str(tmp_path / "mine"))
+    assert default_cache_dir() == tmp_path / "mine"
+
+
+def test_paths_names_and_registration(cache, server, tmp_path):
+    assert resolve_model(ALLENNLP) == ALLENNLP  # an existing path is taken as it is
+    with pytest.raises(
+        FileNotFoundError, match=r"nosuch: no such model directory, nor a known model name \(small"
+    ):
+        resolve_model("nosuch")
+    with pytest.raises(FileNotFoundError, match=r"nor a known model name \(small, medium, original"):
+        elmo.load("nosuch")
+    with pytest.raises(FileNotFoundError, match=r"no such model directory$"):
+        elmo.load(str(tmp_path / "missing"))
+    assert not server.log
+
+    register_model("mine", f"{server.url}/mine/o.json", f"{server.url}/mine/w.hdf5", size=len(WEIGHTS))
+    server.files.update({"/mine/o.json": OPTIONS, "/mine/w.hdf5": WEIGHTS})
+    assert elmo.load("mine").config.lstm.dim == 64
+    _assert_cached(cache, "mine")
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("mine", "a", "b")
+    register_model("mine", "a", "b", replace=True)
+    for bad in ("../x", "a/b", ".hidden", ""):
+        with pytest.raises(ValueError, match="not a path"):
+            register_model(bad, "a", "b")
+    with pytest.raises(ValueError, match="positive number of bytes"):
+        register_model("sized", "a", "b", size=0)
+
+
+def test_file_url_mirror(cache, tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    (mirror / SMALL_WEIGHTS[1:]).parent.mkdir(parents=True)
+    (mirror / SMALL_OPTIONS[1:]).write_bytes(OPTIONS)
+    (mirror / SMALL_WEIGHTS[1:]).write_bytes(WEIGHTS)
+    monkeypatch.setenv("ELMO_DOWNLOAD_URL", mirror.as_uri())
+    download_model("small", progress=False)
+    _assert_cached(cache)
+
+
+# ---------------------------------------------------------------------- resuming
+def test_dropped_connection_resumes_with_range(cache, server, capsys):
+    server.settings.update(drops=1, drop_after=100_000)
+    download_model("small")
+    _assert_cached(cache)
+    assert server.weight_requests() == [
+        (SMALL_WEIGHTS, None, 200),
+        (SMALL_WEIGHTS, "bytes=100000-", 206),
+    ]
+    err = capsys.readouterr().err
+    assert "connection closed after 100000 of 450896 bytes; retrying" in err
+
+
+def test_partial_file_of_an_earlier_run_is_resumed(cache, server):
+    (cache / "small").mkdir(parents=True)
+    (cache / "small" / "weights.hdf5.partial").write_bytes(WEIGHTS[:200_000])
+    download_model("small", progress=False)
+    _assert_cached(cache)
+    assert server.weight_requests() == [(SMALL_WEIGHTS, "bytes=200000-", 206)]
+
+
+def test_complete_partial_file_is_kept(cache, server):
+    (cache / "small").mkdir(parents=True)
+    (cache / "small" / "weights.hdf5.partial").write_bytes(WEIGHTS)
+    download_model("small", progress=False)
+    _assert_cached(cache)
+    assert server.weight_requests() == [(SMALL_WEIGHTS, f"bytes={len(WEIGHTS)}-", 416)]
+
+
+def test_server_ignoring_range_starts_over(cache, server, capsys):
+    (cache / "small").mkdir(parents=True)
+    (cache / "small" / "weights.hdf5.partial").write_bytes(b"x" * 200_000)  # would corrupt if appended to
+    server.settings["ignore_range"] = True
+    download_model("small")
+    _assert_cached(cache)
+    assert server.weight_requests() == [(SMALL_WEIGHTS, "bytes=200000-", 200)]
+    assert "does not resume downloads; starting over" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- slow servers
+def test_slow_server_shows_progress(cache, server, capsys):
+    server.settings.update(chunk=32 * 1024, delay=0.02)  # ~0.3 s in 14 pieces
+    download_model("small", progress=True, timeout=2)
+    _assert_cached(cache)
+    err = capsys.readouterr().err
+    assert "small weights" in err and "100%" in err and "440k/440k" in err
+
+
+def test_stalled_server_times_out(cache, server):
+    server.settings["stall"] = 2.0
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match=r"weights from .* \(timed out; gave up after 2 attempts\)"):
+        download_model("small", progress=False, timeout=0.2, retries=1)
+    assert time.monotonic() - t0 < 1.5
+    assert len(server.weight_requests()) == 2
+    assert not (cache / "small" / "weights.hdf5").exists()
+
+
+def test_unavailable_server_is_retried(cache, server, capsys):
+    server.settings["unavailable"] = 2
+    download_model("small")
+    _assert_cached(cache)
+    assert [status for _, _, status in server.weight_requests()] == [503, 503, 200]
+    assert "HTTP 503 Service Unavailable; retrying" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- bad files
+def test_size_differing_from_the_registry(cache, server):
+    register_model("tiny", f"{server.url}/t/o.json", f"{server.url}/t/w.hdf5", size=len(WEIGHTS) + 1)
+    server.files.update({"/t/o.json": OPTIONS, "/t/w.hdf5": WEIGHTS})
+    with pytest.raises(
+        DownloadError,
+        match=rf"'tiny' weights from {server.url}/t/w.hdf5 \(the server announces 450896 bytes, "
+        r"the registry expects 450897\); fetch it yourself and place it at .*/tiny/weights.hdf5$",
+    ):
+        download_model("tiny", progress=False)
+    assert sorted(p.name for p in (cache / "tiny").iterdir()) == [".lock", "options.json"]
+
+
+@pytest.mark.parametrize("size", [None, len(WEIGHTS), len(WEIGHTS) - 1])
+def test_no_content_length(cache, server, size):
+    server.settings["no_length"] = True  # the end of the file is where the server hangs up
+    register_model("tiny", f"{server.url}/t/o.json", f"{server.url}/t/w.hdf5", size=size)
+    server.files.update({"/t/o.json": OPTIONS, "/t/w.hdf5": WEIGHTS})
+    if size == len(WEIGHTS) - 1:
+        with pytest.raises(DownloadError, match="the server sent more than the 450895 bytes the registry"):
+            download_model("tiny", progress=False)
+        assert not list((cache / "tiny").glob("weights.hdf5*"))
+    else:
+        download_model("tiny", progress=False)
+        _assert_cached(cache, "tiny")
+
+
+def test_short_file_is_rejected_by_structure(cache, server):
+    server.settings["short_by"] = 1000  # a consistent Content-Length, but a truncated file
+    with pytest.raises(DownloadError, match=r"are not valid, so they were deleted \(.*truncated"):
+        download_model("small", progress=False)
+    assert not list((cache / "small").glob("weights.hdf5*"))
+
+
+@pytest.mark.parametrize("content", ["not hdf5", "another model's weights"])
+def test_corrupt_weights_are_deleted(cache, server, content):
+    if content == "not hdf5":
+        server.files[SMALL_WEIGHTS] = os.urandom(len(WEIGHTS))
+        message = "cannot read as HDF5"
+    else:
+        # The real small model's options: the tiny weights do not fit them.
+        server.files[SMALL_OPTIONS] = json.dumps(ElmoConfig.preset("small").to_dict()).encode()
+        message = "do the options belong to these weights"
+    with pytest.raises(
+        DownloadError, match=rf"elmo 'small' weights downloaded from .* are not valid.*{message}"
+    ):
+        download_model("small", progress=False)
+    assert not list((cache / "small").glob("weights.hdf5*"))
+
+
+def test_corrupt_options_are_deleted(cache, server):
+    server.files[SMALL_OPTIONS] = b"<html>not json</html>"
+    with pytest.raises(
+        DownloadError, match=r"'small' options downloaded from .* are not valid, .*: not valid JSON"
+    ):
+        download_model("small", progress=False)
+    assert not list((cache / "small").glob("options.json*"))
+    assert not server.weight_requests()
+
+
+def test_404_names_the_url(cache, server):
+    del server.files[SMALL_WEIGHTS]
+    with pytest.raises(
+        DownloadError,
+        match=rf"cannot download elmo 'small' weights from {server.url}{SMALL_WEIGHTS} "
+        rf"\(HTTP 404 Not Found\); fetch it yourself and place it at {cache}/small/weights.hdf5$",
+    ):
+        download_model("small", progress=False)
+    assert len(server.weight_requests()) == 1  # not retried
+
+
+def test_offline_says_where_to_put_the_files(cache, monkeypatch):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("ELMO_DOWNLOAD_URL", url)
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError) as info:
+        elmo.load("small")
+    assert time.monotonic() - t0 < 5  # refused connections are not retried
+    assert str(info.value) == (
+        f"cannot download elmo 'small' options from {url}{SMALL_OPTIONS} (connection refused); "
+        f"fetch it yourself and place it at {cache}/small/options.json, "
+        f"and the weights from {url}{SMALL_WEIGHTS} at {cache}/small/weights.hdf5"
+    )
+    # Files placed by hand are used as they are.
+    (cache / "small" / "options.json").write_bytes(OPTIONS)
+    (cache / "small" / "weights.hdf5").write_bytes(WEIGHTS)
+    assert elmo.load("small").config.lstm.dim == 64
+
+
+# ---------------------------------------------------------------------- concurrency
+def test_threads_share_one_download(cache, server):
+    server.settings.update(chunk=32 * 1024, delay=0.02)
+    results: list[Path] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(download_model("small", progress=False)))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert results == [cache / "small"] * 2
+    _assert_cached(cache)
+    assert len(server.weight_requests()) == 1
+
+
+def test_a_process_waits_for_the_lock_then_reuses_the_files(cache, server):
+    fcntl = pytest.importorskip("fcntl")
+    (cache / "small").mkdir(parents=True)
+    with open(cache / "small" / ".lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # as another process downloading would
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from elmo.download import download_model; print(download_model('small'))",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_env(server, cache),
+        )
+        line = _readline(proc.stderr, timeout=60)
+        assert "waiting for another process to finish downloading" in line
+        # The other process finishes: its files appear, then it lets go of the lock.
+        (cache / "small" / "options.json").write_bytes(OPTIONS)
+        (cache / "small" / "weights.hdf5").write_bytes(WEIGHTS)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip() == str(cache / "small")
+    assert not server.log
+
+
+def _readline(stream, timeout: float) -> str:
+    ready, _, _ = select.select([stream], [], [], timeout)
+    assert ready, "no output from the subprocess"
+    return stream.readline().decode()
+
+
+# ---------------------------------------------------------------------- command line
+def test_cli_embed_with_a_model_name(cache, server, tmp_path):
+    text = tmp_path / "in.txt"
+    text.write_text("the cat sat\nhello\n", encoding="utf-8")
+    out = tmp_path / "out.hdf5"
+    r = subprocess.run(
+        [sys.executable, "-m", "elmo", "embed", str(text), str(out), "--model", "small", "--quiet"],
+        capture_output=True,
+        timeout=120,
+        env=_env(server, cache),
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stderr == b""  # --quiet also silences the download
+    with h5py.File(out, "r") as f:
+        assert f["0"].shape == (3, 3, 32)
+    _assert_cached(cache)
+
+
+def test_cli_models_and_download(cache, server, capsys):
+    assert cli.main(["models"]) == 0
+    assert re.search(r"^small +not cached +English", capsys.readouterr().out, re.M)
+    assert cli.main(["download", "small", "--quiet"]) == 0
+    assert capsys.readouterr().out == f"{cache / 'small'}\n"
+    assert cli.main(["models"]) == 0
+    assert re.search(r"^small +cached +English", capsys.readouterr().out, re.M)
+    assert cli.main(["download", "small", "--force", "--quiet", "--cache-dir", str(cache)]) == 0
+    assert len(server.weight_requests()) == 2
+    assert cli.main(["download", "nosuch"]) == 1
+    assert "unknown model name 'nosuch'; known: small, medium" in capsys.readouterr().err
+
+
+def test_cli_unknown_model_name(cache, capsys):
+    assert cli.main(["info", "nosuch"]) == 1
+    assert "nosuch: no such model directory, nor a known model name (small" in capsys.readouterr().err
