@@ -25,7 +25,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--model",
         "-m",
         help="model directory holding options.json and weights.hdf5, or a released model's name "
-        "(downloaded once; see `elmo models`)",
+        "(downloaded once; see `elmo models`); default: the small model bundled with the package",
     )
     g.add_argument("--options", help="options.json of the model (with --weights)")
     g.add_argument("--weights", help="weights.hdf5 of the model (with --options)")
@@ -158,8 +158,10 @@ def _load_model(args: argparse.Namespace, stateful: bool = False):
         raise _UsageError("--options and --weights go together")
     if args.options:
         return elmo.load(args.options, args.weights, stateful=stateful, device=getattr(args, "device", None))
-    if not model:
-        raise _UsageError("no model given: pass --model DIR, or --options FILE --weights FILE")
+    if not model or (model == "default" and not Path(model).exists()):
+        from elmo.default_model import default_model_dir
+
+        model = default_model_dir()  # the small model bundled with the package
     if not Path(model).is_dir():
         from elmo.download import download_model, is_model_name, not_found_message
 

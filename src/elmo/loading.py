@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from elmo.config import ElmoConfig
+from elmo.default_model import DEFAULT_MODEL_NAME, default_model_dir
 from elmo.download import download_model, is_model_name, not_found_message
 from elmo.model import ElmoBiLM
 from elmo.module import ElmoModule
@@ -70,12 +71,15 @@ def load(
 
     ``load("options.json", "weights.hdf5")`` or ``load("model_dir")`` for a directory
     holding both, or ``load("small")`` for a released model by name (downloaded once into
-    a cache: see :mod:`elmo.download`). ``stateful=True`` carries LSTM state between
+    a cache: see :mod:`elmo.download`); ``load()`` (or ``load("default")``) for the small
+    model bundled with the package. ``stateful=True`` carries LSTM state between
     calls (reproducing AllenNLP and bilm-tf); ``finetune=True`` makes the whole biLM
     trainable.
     """
-    if options is None:
-        raise TypeError("load() needs the model: load('options.json', 'weights.hdf5') or load('model_dir')")
+    if options is None or (str(options) == DEFAULT_MODEL_NAME and not Path(options).exists()):
+        if weights is not None:
+            raise TypeError("load(weights=...) needs the options too: load('options.json', 'weights.hdf5')")
+        options = default_model_dir()
     if weights is None:
         path = Path(options)
         if not path.exists() and is_model_name(options):

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from elmo.config import ElmoConfig
+from elmo.default_model import DEFAULT_MODEL_NAME, default_model_dir
 from elmo.errors import ElmoError
 from elmo.train.checkpoint import load_checkpoint
 from elmo.train.lm import TrainingBiLM
@@ -120,8 +121,13 @@ def _from_bilm_tf(directory: Path, optimizer_state: bool) -> LoadedLM:
 
 
 def load_language_model(path: str | os.PathLike[str], optimizer_state: bool = False) -> LoadedLM:
-    """Load a language model from any of the forms in this module's docstring."""
+    """Load a language model from any of the forms in this module's docstring.
+
+    ``"default"`` is the model bundled with the package.
+    """
     path = Path(path)
+    if str(path) == DEFAULT_MODEL_NAME and not path.exists():
+        path = default_model_dir()
     if path.is_file():
         if path.name == "checkpoint":  # bilm-tf's state file
             return _from_bilm_tf(path.parent, optimizer_state)
@@ -210,7 +216,9 @@ def export_model(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ModelError(f"{out}: exists and is not empty (pass overwrite=True / --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    # Not mkdtemp: its private 0700 mode would stay on the published directory.
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
     try:
         config = loaded.model.config.inference_options()
         inference = ElmoConfig(char_cnn=config.char_cnn, lstm=config.lstm)
