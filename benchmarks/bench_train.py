@@ -40,7 +40,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from elmo.config import ElmoConfig
-    from elmo.train.data import LMBatches
+    from elmo.train.data import LMBatches, find_shards
     from elmo.train.lm import TrainingBiLM, init_like_bilm_tf
     from elmo.train.optim import Adagrad
     from elmo.train.trainer import train_step
@@ -49,8 +49,6 @@ def main() -> None:
     options = json.loads(Path(args.options).read_text())
     if args.batch_size:
         options["batch_size"] = args.batch_size
-    from elmo.train.data import find_shards
-
     vocab = Vocabulary(build_vocab(find_shards(str(TRAIN))))
     options["n_tokens_vocab"] = vocab.size
     config = ElmoConfig.from_dict(options)
