@@ -1,17 +1,31 @@
-"""Inference speed of this project and of AllenNLP, side by side in one run.
+"""Inference speed, accuracy and memory of this project's engines, and AllenNLP's, in one run.
 
-    python benchmarks/bench_inference.py --peer PEER_VENV/bin/python \
-        [--sizes small original] [--limit 300] [--batch-size 64] [--threads 2] [--append]
+    python benchmarks/bench_inference.py --peer PEER_VENV/bin/python \\
+        [--sizes small original] [--limit 300] [--batch-size 64] [--threads 2] \\
+        [--dtypes float32 bfloat16 int8] [--sweep] [--profile] [--append]
 
-Same weights (``make_random_elmo.py --seed 1 --gain 1``), same sentences (the first
-``--limit`` lines of ``make_sentences.py --n 2000 --seed 0``), same thread count, same
-length bucketing (sentences sorted by length, batches of ``--batch-size``), all three
-layers, stateless. Each system runs in a fresh process, so peak RSS (``ru_maxrss``,
-model loading included) is comparable. AllenNLP runs through
-``../shared/tools/peer/bench_allennlp.py --sort`` in its own virtual environment
-(``../shared/tools/peer/setup_peer.sh``).
+Side by side (always): same weights (``make_random_elmo.py --seed 1 --gain 1``), same
+sentences (the first ``--limit`` lines of ``make_sentences.py --n 2000 --seed 0``), same
+thread count, same length bucketing (sentences sorted by length, batches of
+``--batch-size``), all three layers, stateless. Systems: the plain reference model, the
+fast engine in each of ``--dtypes``, and AllenNLP (``--peer``, run through
+``../shared/tools/peer/bench_allennlp.py --sort`` in its own virtual environment, made by
+``../shared/tools/peer/setup_peer.sh``). Each measurement runs in a fresh process, so
+peak RSS (``ru_maxrss``, model loading included) is comparable, and the fast engine's
+token cache starts empty (it fills during the timed loop: tokens repeat). Accuracy is
+measured in another process on the first ``--accuracy-limit`` sentences: float32 as the
+largest absolute difference from the plain model, bfloat16 and int8 as per-token cosine
+similarity with float32 (mean and minimum over tokens, worst layer).
 
-Prints one JSON line per measurement and a Markdown table; ``--append`` adds the table,
+``--sweep``: tokens/s of the fast engine (``--sweep-engines``) against batch size and
+against sentence length, cache emptied before each point.
+
+``--profile``: where the fast engine's time goes (``torch.profiler`` self time by kind
+of operation, and the rest: Python), the nominal model GFLOP/s (see
+``elmo.engine.flops``), and the peak of a large matrix product measured in the same
+precision on this machine.
+
+Prints one JSON line per measurement and Markdown tables; ``--append`` adds the tables,
 the command and the machine to ``benchmarks/RESULTS.md``.
 """
 
@@ -25,13 +39,16 @@ import resource
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT.parent / "shared" / "tools"
 CACHE = ROOT / ".models"
+ALL_DTYPES = ("float32", "bfloat16", "int8")
 
 
+# ---------------------------------------------------------------------------- inputs
 def _model(size: str) -> Path:
     out = CACHE / f"{size}_seed1_gain1"
     if not (out / "weights.hdf5").is_file():
@@ -65,42 +82,264 @@ def _sentences(path: Path, limit: int) -> None:
     path.write_text("\n".join(text.splitlines()[:limit]) + "\n", encoding="utf-8")
 
 
-def _worker(a: argparse.Namespace) -> None:
-    """Measure this project in this (fresh) process; print one JSON line."""
-    import torch
+def _read(path: str) -> list[list[str]]:
+    return [line.split() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.split()]
 
+
+def _rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _label(engine: str, dtype: str) -> str:
+    return "elmo-embeddings (plain fp32)" if engine == "plain" else f"elmo-embeddings (fast {dtype})"
+
+
+# ---------------------------------------------------------------------------- workers
+def _load(a: argparse.Namespace, engine: str, dtype: str = "float32"):
     import elmo
 
-    torch.set_num_threads(a.threads)
-    sents = [
-        line.split() for line in Path(a.sentences).read_text(encoding="utf-8").splitlines() if line.split()
-    ]
-    sents.sort(key=len)
-    m = elmo.load(a.model)
-    n_tok = sum(map(len, sents))
+    return elmo.load(a.model, engine=engine, dtype=dtype)
+
+
+def _timed_loop(m, sents: list[list[str]], batch_size: int) -> float:
+    import torch
+
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        for s in range(0, len(sents), batch_size):
+            m(tokens=sents[s : s + batch_size])
+        return time.perf_counter() - t0
+
+
+def _work_speed(a: argparse.Namespace) -> dict:
+    """tokens/s of one engine and precision over the sorted sentences, in this fresh process."""
+    import torch
+
+    sents = sorted(_read(a.sentences), key=len)
+    m = _load(a, a.engine, a.dtype)
     with torch.no_grad():
         m(tokens=sents[:2])  # warm-up, as the peer does
+    n_tok = sum(map(len, sents))
+    dt = _timed_loop(m, sents, a.batch_size)
+    out = {
+        "system": _label(a.engine, a.dtype),
+        "engine": a.engine,
+        "dtype": a.dtype,
+        "sentences": len(sents),
+        "tokens": n_tok,
+        "seconds": round(dt, 3),
+        "tokens_per_s": round(n_tok / dt, 1),
+        "sentences_per_s": round(len(sents) / dt, 2),
+        "batch_size": a.batch_size,
+        "threads": a.threads,
+        "peak_rss_mb": _rss_mb(),
+    }
+    if m.fast is not None and a.engine != "plain":
+        cache = m.fast.cache
+        out["cache_hit_rate"] = round(cache.hits / max(1, cache.hits + cache.misses), 3)
+    return out
+
+
+def _work_accuracy(a: argparse.Namespace) -> dict:
+    """float32: max |fast - plain|; bfloat16 / int8: per-token cosine with fast float32."""
+    import torch
+
+    from elmo.chars import batch_to_char_ids
+
+    sents = _read(a.sentences)[: a.accuracy_limit]
+    plain = _load(a, "plain")
+    ids = batch_to_char_ids(sents)
+    bilm = plain.bilm
+    from elmo.engine import FastBiLM
+
+    with torch.no_grad():
+        want = bilm(ids) if a.dtype == "float32" else FastBiLM(bilm, "float32")(ids)
+    got = FastBiLM(bilm, a.dtype)(ids)
+    mask = want.mask
+    result: dict = {"dtype": a.dtype, "sentences": len(sents), "tokens": int(mask.sum())}
+    result["max_abs_diff"] = [float((x - y).abs().max()) for x, y in zip(got.layers, want.layers)]
+    if a.dtype != "float32":
+        cos = [
+            torch.nn.functional.cosine_similarity(x[mask], y[mask], dim=-1)
+            for x, y in zip(got.layers, want.layers)
+        ]
+        result["cosine_mean"] = [float(c.mean()) for c in cos]
+        result["cosine_min"] = [float(c.min()) for c in cos]
+    return result
+
+
+def _sweep_sentences(pool: list[str], length: int, tokens: int) -> list[list[str]]:
+    """Sentences of exactly ``length`` tokens cut from the benchmark text, ``tokens`` in all."""
+    out, k = [], 0
+    for _ in range(max(1, tokens // length)):
+        out.append([pool[(k + i) % len(pool)] for i in range(length)])
+        k += length
+    return out
+
+
+def _work_sweep(a: argparse.Namespace) -> dict:
+    """tokens/s against batch size (benchmark sentences) and sentence length (batch 64)."""
+    import torch
+
+    sents = sorted(_read(a.sentences), key=len)
+    pool = [t for s in _read(a.sentences) for t in s]
+    rows = []
+    for engine in a.sweep_engines:
+        m = _load(a, engine)
+        with torch.no_grad():
+            m(tokens=sents[:2])
+
+        def point(batch: list[list[str]], batch_size: int, m=m) -> float:
+            if m.fast is not None:
+                m.fast.cache.clear()
+            n_tok = sum(map(len, batch))
+            return round(n_tok / _timed_loop(m, batch, batch_size), 1)
+
+        # The same token budget for every point: about a second of the fast engine.
+        budget = a.sweep_tokens
+        subset, n = [], 0
+        for s in sents[:: max(1, len(sents) // 64)]:
+            subset.append(s)
+            n += len(s)
+            if n >= budget:
+                break
+        subset.sort(key=len)
+        for bs in a.sweep_batch_sizes:
+            rows.append(
+                {"engine": engine, "axis": "batch_size", "value": bs, "tokens_per_s": point(subset, bs)}
+            )
+        for length in a.sweep_lengths:
+            batch = _sweep_sentences(pool, length, budget)
+            rows.append(
+                {
+                    "engine": engine,
+                    "axis": "sentence_length",
+                    "value": length,
+                    "tokens_per_s": point(batch, 64),
+                }
+            )
+    return {"sweep": rows}
+
+
+_KINDS = {
+    "matmul": ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "quantized::linear_dynamic"),
+    "elementwise": (
+        "aten::sigmoid_",
+        "aten::tanh_",
+        "aten::tanh",
+        "aten::mul_",
+        "aten::mul",
+        "aten::add_",
+        "aten::add",
+        "aten::addcmul_",
+        "aten::clamp_",
+        "aten::relu_",
+        "aten::neg_",
+        "aten::sub_",
+        "aten::clamp_min_",
+        "aten::sigmoid",
+    ),
+    "copy / gather / convert": (
+        "aten::copy_",
+        "aten::index_select",
+        "aten::cat",
+        "aten::index",
+        "aten::index_put_",
+        "aten::_index_put_impl_",
+        "aten::gather",
+        "aten::embedding",
+        "aten::_to_copy",
+        "aten::where",
+        "aten::scatter_",
+        "aten::zeros",
+        "aten::fill_",
+        "aten::zero_",
+    ),
+    "reductions": ("aten::amax", "aten::sum", "aten::any", "aten::_unique2", "aten::unique_dim"),
+}
+
+
+def _matmul_peak(dtype: str, threads: int) -> float:
+    """GFLOP/s of the best of a few large products in ``dtype`` (int8: dynamic quantized)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    m, k, n = 1024, 1024, 4096
+    if dtype == "int8":
+        from elmo.engine.precision import Linear
+
+        lin = Linear(torch.randn(k, n) * 0.05, None, "int8")
+        x = torch.randn(m, k)
+
+        def run():
+            lin(x)
+    else:
+        dt = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+        x, w = torch.randn(m, k, dtype=dt), torch.randn(k, n, dtype=dt)
+
+        def run():
+            torch.mm(x, w)
+
+    run()
+    best = float("inf")
+    for _ in range(5):
         t0 = time.perf_counter()
-        for s in range(0, len(sents), a.batch_size):
-            m(tokens=sents[s : s + a.batch_size])
-        dt = time.perf_counter() - t0
-    print(
-        json.dumps(
-            {
-                "system": "elmo-embeddings (plain fp32)",
-                "sentences": len(sents),
-                "tokens": n_tok,
-                "seconds": round(dt, 3),
-                "tokens_per_s": round(n_tok / dt, 1),
-                "sentences_per_s": round(len(sents) / dt, 2),
-                "batch_size": a.batch_size,
-                "threads": a.threads,
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            }
-        )
-    )
+        for _ in range(5):
+            run()
+        best = min(best, (time.perf_counter() - t0) / 5)
+    return 2 * m * k * n / best / 1e9
 
 
+def _work_profile(a: argparse.Namespace) -> dict:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from elmo.engine.flops import model_flops
+
+    sents = sorted(_read(a.sentences), key=len)
+    m = _load(a, "fast", a.dtype)
+    with torch.no_grad():
+        m(tokens=sents[:2])
+    n_tok = sum(map(len, sents))
+    # Speed from an unprofiled run (the profiler slows every operation down), shares from a
+    # profiled one; both start with an empty token cache.
+    wall_plain = _timed_loop(m, sents, a.batch_size)
+    m.fast.cache.clear()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        wall = _timed_loop(m, sents, a.batch_size)
+    kinds = dict.fromkeys([*_KINDS, "other ops"], 0.0)
+    for ev in prof.key_averages():
+        kind = next((k for k, names in _KINDS.items() if ev.key in names), "other ops")
+        kinds[kind] += ev.self_cpu_time_total / 1e6
+    in_ops = sum(kinds.values())
+    kinds["Python and dispatch (wall - ops)"] = max(0.0, wall - in_ops)
+    flops = model_flops(m.config)["total"]
+    tokens_per_s = n_tok / wall_plain
+    peak = _matmul_peak(a.dtype, a.threads)
+    return {
+        "dtype": a.dtype,
+        "tokens": n_tok,
+        "wall_s_profiled": round(wall, 3),
+        "wall_s_unprofiled": round(wall_plain, 3),
+        "tokens_per_s": round(tokens_per_s, 1),
+        "share": {k: round(v / wall, 3) for k, v in kinds.items()},
+        "model_gflop_per_token": round(flops / 1e9, 4),
+        "model_gflop_s": round(flops * tokens_per_s / 1e9, 1),
+        "matmul_peak_gflop_s": round(peak, 1),
+        "fraction_of_peak": round(flops * tokens_per_s / 1e9 / peak, 3),
+    }
+
+
+def _worker(a: argparse.Namespace) -> None:
+    import torch
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(a.threads)
+    work = {"speed": _work_speed, "accuracy": _work_accuracy, "sweep": _work_sweep, "profile": _work_profile}
+    print(json.dumps(work[a.worker](a)))
+
+
+# ---------------------------------------------------------------------------- driver
 def _run_json(cmd: list[str], threads: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
@@ -117,27 +356,84 @@ def _cpu() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni")
+                return " ".join(f for f in wanted if f in flags) or "no AVX2"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _accuracy_cell(acc: dict | None) -> str:
+    if acc is None:
+        return ""
+    if "cosine_mean" in acc:
+        return f"cos mean {min(acc['cosine_mean']):.6f}, min {min(acc['cosine_min']):.6f}"
+    return f"max abs diff {max(acc['max_abs_diff']):.1e}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--peer", required=False, help="python of the AllenNLP virtual environment")
+    p.add_argument("--peer", help="python of the AllenNLP virtual environment (setup_peer.sh)")
     p.add_argument("--sizes", nargs="+", default=["small", "original"], choices=["small", "original"])
     p.add_argument("--limit", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--dtypes", nargs="+", default=list(ALL_DTYPES), choices=ALL_DTYPES)
+    p.add_argument("--no-plain", action="store_true", help="skip the plain model's speed row")
+    p.add_argument("--accuracy-limit", type=int, default=64)
+    p.add_argument("--sweep", action="store_true", help="tokens/s against batch size and sentence length")
+    p.add_argument("--sweep-engines", nargs="+", default=["fast"], choices=["fast", "plain"])
+    p.add_argument("--sweep-batch-sizes", nargs="+", type=int, default=[1, 8, 32, 64, 128])
+    p.add_argument("--sweep-lengths", nargs="+", type=int, default=[5, 20, 60, 200])
+    p.add_argument("--sweep-tokens", type=int, default=1500)
+    p.add_argument(
+        "--profile", action="store_true", help="where the fast engine's time goes; GFLOP/s vs peak"
+    )
+    p.add_argument("--append", action="store_true", help="append the tables to benchmarks/RESULTS.md")
+    p.add_argument("--worker", choices=["speed", "accuracy", "sweep", "profile"], help=argparse.SUPPRESS)
+    p.add_argument("--engine", default="fast", help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--sentences", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
         _worker(a)
         return
-    if not a.peer:
-        p.error("--peer is required (the python of the AllenNLP venv from setup_peer.sh)")
-    sentences = ROOT / ".models" / f"bench_sentences_{a.limit}.txt"
+    sentences = CACHE / f"bench_sentences_{a.limit}.txt"
     sentences.parent.mkdir(exist_ok=True)
     _sentences(sentences, a.limit)
-    rows = []
+
+    def worker(kind: str, size: str, model: Path, common: list[str], **extra: object) -> dict:
+        cmd = [sys.executable, __file__, "--worker", kind, "--model", str(model), *common]
+        for key, value in extra.items():
+            cmd += [f"--{key.replace('_', '-')}", str(value)]
+        if kind == "sweep":
+            cmd += ["--sweep-engines", *a.sweep_engines, "--sweep-batch-sizes"]
+            cmd += [str(b) for b in a.sweep_batch_sizes] + ["--sweep-lengths"]
+            cmd += [str(n) for n in a.sweep_lengths] + ["--sweep-tokens", str(a.sweep_tokens)]
+        r = _run_json(cmd, a.threads)
+        print(json.dumps({"model": size, "measure": kind, **r}))
+        return r
+
+    lines = [
+        f"### Inference, side by side ({time.strftime('%Y-%m-%d')})",
+        "",
+        f"Machine: {_cpu()} ({_cpu_flags()}), {os.cpu_count()} cores, torch threads {a.threads}; "
+        f"batch {a.batch_size}, sentences sorted by length, {a.limit} sentences, all three layers, "
+        "stateless, fresh process per row.",
+        "",
+        "    " + " ".join(["python benchmarks/bench_inference.py", *_cmd_args(a)]),
+        "",
+        "| model | system | tokens/s | sentences/s | peak RSS MB | speed vs AllenNLP | "
+        "token cache hits | accuracy |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    extra_tables: list[str] = []
     for size in a.sizes:
         model = _model(size)
         common = [
@@ -148,55 +444,97 @@ def main() -> None:
             "--threads",
             str(a.threads),
         ]
-        ours = _run_json([sys.executable, __file__, "--worker", "--model", str(model), *common], a.threads)
-        peer = _run_json(
-            [
-                a.peer,
-                str(TOOLS / "peer" / "bench_allennlp.py"),
-                "--options",
-                str(model / "options.json"),
-                "--weights",
-                str(model / "weights.hdf5"),
-                *common,
-                "--sort",
-            ],
-            a.threads,
-        )
-        for r in (ours, peer):
-            r["model"] = size
-            print(json.dumps(r))
-        rows.append((size, ours, peer))
-    cmd = "python benchmarks/bench_inference.py --peer PEER_VENV/bin/python " + " ".join(
-        [
-            f"--sizes {' '.join(a.sizes)}",
-            f"--limit {a.limit}",
-            f"--batch-size {a.batch_size}",
-            f"--threads {a.threads}",
-        ]
-    )
-    lines = [
-        f"### Inference, side by side ({time.strftime('%Y-%m-%d')})",
-        "",
-        f"Machine: {_cpu()}, {os.cpu_count()} cores, torch threads {a.threads}; batch {a.batch_size}, "
-        f"sentences sorted by length, {a.limit} sentences, all three layers, stateless.",
-        "",
-        f"    {cmd}",
-        "",
-        "| model | system | tokens/s | sentences/s | peak RSS MB | speed vs AllenNLP |",
-        "|---|---|---|---|---|---|",
-    ]
-    for size, ours, peer in rows:
-        for r in (ours, peer):
-            ratio = r["tokens_per_s"] / peer["tokens_per_s"]
+        rows = []
+        if not a.no_plain:
+            rows.append((worker("speed", size, model, common, engine="plain"), None))
+        for dtype in a.dtypes:
+            speed = worker("speed", size, model, common, engine="fast", dtype=dtype)
+            acc = worker("accuracy", size, model, common, dtype=dtype, accuracy_limit=a.accuracy_limit)
+            rows.append((speed, acc))
+        peer = None
+        if a.peer:
+            peer = _run_json(
+                [
+                    a.peer,
+                    str(TOOLS / "peer" / "bench_allennlp.py"),
+                    "--options",
+                    str(model / "options.json"),
+                    "--weights",
+                    str(model / "weights.hdf5"),
+                    *common,
+                    "--sort",
+                ],
+                a.threads,
+            )
+            print(json.dumps({"model": size, "measure": "speed", **peer}))
+            rows.append((peer, None))
+        for r, acc in rows:
+            ratio = f"{r['tokens_per_s'] / peer['tokens_per_s']:.2f}x" if peer else "n/a"
+            hits = f"{r['cache_hit_rate']:.0%}" if "cache_hit_rate" in r else ""
             lines.append(
                 f"| {size} | {r['system']} | {r['tokens_per_s']} | {r['sentences_per_s']} | "
-                f"{r['peak_rss_mb']} | {ratio:.2f}x |"
+                f"{r['peak_rss_mb']} | {ratio} | {hits} | {_accuracy_cell(acc)} |"
             )
-    table = "\n".join(lines) + "\n"
+        if a.sweep:
+            sweep = worker("sweep", size, model, common)["sweep"]
+            extra_tables += _sweep_table(size, sweep)
+        if a.profile:
+            extra_tables += _profile_table(
+                size, [worker("profile", size, model, common, dtype=d) for d in a.dtypes]
+            )
+    lines += [
+        "",
+        "Accuracy: fast float32 against the plain model (largest absolute difference, all layers); "
+        "bfloat16 and int8 against fast float32 (per-token cosine similarity, worst layer), "
+        f"first {a.accuracy_limit} sentences.",
+    ]
+    table = "\n".join(lines + extra_tables) + "\n"
     print(table)
     if a.append:
         with open(ROOT / "benchmarks" / "RESULTS.md", "a", encoding="utf-8") as f:
             f.write("\n" + table)
+
+
+def _cmd_args(a: argparse.Namespace) -> list[str]:
+    args = []
+    if a.peer:
+        args.append("--peer PEER_VENV/bin/python")
+    args += [f"--sizes {' '.join(a.sizes)}", f"--limit {a.limit}", f"--batch-size {a.batch_size}"]
+    args += [f"--threads {a.threads}", f"--dtypes {' '.join(a.dtypes)}"]
+    args += [flag for flag, on in (("--sweep", a.sweep), ("--profile", a.profile)) if on]
+    return args
+
+
+def _sweep_table(size: str, sweep: list[dict]) -> list[str]:
+    out = []
+    for axis, title in (("batch_size", "batch size"), ("sentence_length", "sentence length (batch 64)")):
+        pts = [r for r in sweep if r["axis"] == axis]
+        values = sorted({r["value"] for r in pts})
+        out += ["", f"Tokens/s against {title}, {size} model, token cache emptied before each point:", ""]
+        out += ["| engine | " + " | ".join(str(v) for v in values) + " |", "|---" * (len(values) + 1) + "|"]
+        for engine in sorted({r["engine"] for r in pts}):
+            cells = {r["value"]: r["tokens_per_s"] for r in pts if r["engine"] == engine}
+            out.append(f"| {engine} fp32 | " + " | ".join(str(cells.get(v, "")) for v in values) + " |")
+    return out
+
+
+def _profile_table(size: str, profiles: list[dict]) -> list[str]:
+    kinds = list(profiles[0]["share"])
+    out = [
+        "",
+        f"Where the fast engine's time goes, {size} model (share of the profiled wall time), and the "
+        "nominal model FLOPs per second against a large matrix product's measured peak:",
+        "",
+        "| precision | " + " | ".join(kinds) + " | model GFLOP/s | matmul peak GFLOP/s | fraction of peak |",
+        "|---" * (len(kinds) + 4) + "|",
+    ]
+    for pr in profiles:
+        shares = " | ".join(f"{pr['share'][k]:.0%}" for k in kinds)
+        out.append(
+            f"| {pr['dtype']} | {shares} | {pr['model_gflop_s']} | {pr['matmul_peak_gflop_s']} | "
+            f"{pr['fraction_of_peak']:.0%} |"
+        )
+    return out
 
 
 if __name__ == "__main__":

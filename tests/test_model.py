@@ -1,4 +1,8 @@
-"""The plain biLM: batch independence, padding, chunking, state carrying."""
+"""The plain biLM: batch independence, padding, chunking, state carrying.
+
+Modules here are loaded with ``engine="plain"``: these tests are about the reference
+model; ``tests/test_fast.py`` holds the fast engine's counterparts.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ OUTPUTS = ("word_emb", "lstm_outputs1", "lstm_outputs2", "elmo")
 
 @pytest.fixture(scope="module")
 def small(small_model_dir):
-    return elmo.load(small_model_dir)
+    return elmo.load(small_model_dir, engine="plain")
 
 
 def test_linear_rounding_does_not_depend_on_row_count():
@@ -112,8 +116,8 @@ def test_explicit_state_in_and_out(tiny_module):
 
 def test_stateful_module_follows_allennlp_row_rules(tiny_model_files):
     """Row r continues row r; a smaller batch keeps the unused rows; new rows start at zero."""
-    stateful = elmo.load(*tiny_model_files, stateful=True)
-    plain = elmo.load(*tiny_model_files)
+    stateful = elmo.load(*tiny_model_files, stateful=True, engine="plain")
+    plain = elmo.load(*tiny_model_files, engine="plain")
     bilm = plain.bilm
     a = [["the", "cat", "sat"], ["hello"], ["three", "rows", "here"]]
     b = [["next"], ["batch", "is", "smaller"]]
@@ -142,7 +146,7 @@ def test_stateful_module_follows_allennlp_row_rules(tiny_model_files):
 
 def test_empty_sentence_still_advances_the_state(tiny_model_files):
     """As in the references, <S> </S> of an empty sentence run through the LSTMs."""
-    m = elmo.load(*tiny_model_files, stateful=True)
+    m = elmo.load(*tiny_model_files, stateful=True, engine="plain")
     with torch.no_grad():
         empty = m([""])
         after = m(["hello world"])["lstm_outputs2"]
@@ -167,10 +171,11 @@ def test_keep_boundaries_adds_the_marker_positions(tiny_module):
     assert torch.equal(kept.layers[0][1, 0], markers[0]) and torch.equal(kept.layers[0][1, 2], markers[1])
 
 
-def test_one_token_sentence_alone_equals_in_batch(tiny_module):
+def test_one_token_sentence_alone_equals_in_batch(tiny_model_files):
     """A single token goes through the convolution on its own; padding keeps it on one kernel."""
+    m = elmo.load(*tiny_model_files, engine="plain")
     with torch.no_grad():
-        alone = tiny_module(["d"])
-        inside = tiny_module(["a b c", "", "d"])
+        alone = m(["d"])
+        inside = m(["a b c", "", "d"])
     for key in OUTPUTS:
         assert torch.equal(alone[key][0, :1], inside[key][2, :1]), key

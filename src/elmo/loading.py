@@ -10,6 +10,7 @@ import torch
 from elmo.config import ElmoConfig
 from elmo.default_model import DEFAULT_MODEL_NAME, default_model_dir
 from elmo.download import download_model, is_model_name, not_found_message
+from elmo.engine import DEFAULT_CACHE_SIZE
 from elmo.model import ElmoBiLM
 from elmo.module import ElmoModule
 from elmo.weights import load_weights
@@ -66,6 +67,9 @@ def load(
     stateful: bool = False,
     finetune: bool = False,
     device: str | torch.device | None = None,
+    engine: str = "auto",
+    dtype: str = "float32",
+    cache_size: int = DEFAULT_CACHE_SIZE,
 ) -> ElmoModule:
     """Load an ELMo model with the TF Hub module's interface.
 
@@ -75,6 +79,12 @@ def load(
     model bundled with the package. ``stateful=True`` carries LSTM state between
     calls (reproducing AllenNLP and bilm-tf); ``finetune=True`` makes the whole biLM
     trainable.
+
+    ``engine``: ``"auto"`` (default; the fast engine for inference, the plain model while
+    fine-tuning), ``"fast"`` or ``"plain"`` (the readable reference model). ``dtype``:
+    the fast engine's precision, ``"float32"``, ``"bfloat16"`` or ``"int8"`` (CPU only);
+    outputs are float32 whatever it is. ``cache_size``: distinct tokens whose
+    representations the fast engine keeps (0: no cache).
     """
     if options is None or (str(options) == DEFAULT_MODEL_NAME and not Path(options).exists()):
         if weights is not None:
@@ -94,7 +104,9 @@ def load(
             raise TypeError(f"{path}: pass the weights too (load(options, weights)) or a model directory")
         options, weights = find_model_files(path)
     bilm = load_bilm(options, weights, device)
-    module = ElmoModule(bilm, stateful=stateful, finetune=finetune)
+    module = ElmoModule(
+        bilm, stateful=stateful, finetune=finetune, engine=engine, dtype=dtype, cache_size=cache_size
+    )
     if device is not None:
         module.to(device)
     return module.eval()

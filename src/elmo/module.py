@@ -20,6 +20,8 @@ from torch import Tensor, nn
 from elmo import embedder
 from elmo.chars import batch_to_char_ids
 from elmo.config import ElmoConfig
+from elmo.engine import DEFAULT_CACHE_SIZE, ENGINES, FastBiLM
+from elmo.engine.precision import PRECISIONS
 from elmo.inputs import split_sentences, tokens_to_lists
 from elmo.mix import ScalarMix
 from elmo.model import BiLMOutput, ElmoBiLM, LayerState
@@ -83,6 +85,23 @@ class CarriedState:
         self.layers = merged
 
 
+def _mix_inference(mix: ScalarMix, layers: list[Tensor]) -> Tensor:
+    """``mix`` of the layers without autograd: one output buffer, no full-size temporaries.
+
+    The same sum as :class:`ScalarMix` (layer 0 duplicated to the output width), within
+    rounding; its fresh full-size temporaries were what made the mix show in profiles.
+    """
+    w = torch.softmax(mix.weights, dim=0)
+    word = layers[0]
+    proj = word.shape[-1]
+    out = word.new_empty(*word.shape[:-1], 2 * proj)
+    torch.mul(word, w[0], out=out[..., :proj])
+    torch.mul(word, w[0], out=out[..., proj:])
+    for k in range(1, len(layers)):
+        out.addcmul_(layers[k], w[k])
+    return out.mul_(mix.gamma)
+
+
 class ElmoModule(nn.Module):
     """ELMo with the TF Hub module's inputs and outputs.
 
@@ -91,15 +110,40 @@ class ElmoModule(nn.Module):
     trainable. ``stateful=True`` carries the LSTM state per batch row from call to call
     (as AllenNLP and bilm-tf do; :meth:`reset_state` starts over); by default every
     sentence starts from zero state, so its output does not depend on its batch.
+
+    ``engine`` picks what computes the biLM: ``"fast"`` (:class:`elmo.engine.FastBiLM`),
+    ``"plain"`` (the readable reference :class:`elmo.model.ElmoBiLM`), or ``"auto"`` (the
+    default: the fast engine, except when gradients must flow into the biLM, i.e. while
+    fine-tuning, which always runs the plain model). ``dtype`` is the fast engine's
+    precision: ``"float32"`` (within 1e-5 of the plain model), ``"bfloat16"`` or ``"int8"``;
+    outputs are float32 in all of them. ``cache_size`` bounds the fast engine's cache of
+    token representations (distinct tokens; 0 disables it).
     """
 
-    def __init__(self, bilm: ElmoBiLM, *, stateful: bool = False, finetune: bool = False) -> None:
+    def __init__(
+        self,
+        bilm: ElmoBiLM,
+        *,
+        stateful: bool = False,
+        finetune: bool = False,
+        engine: str = "auto",
+        dtype: str = "float32",
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ) -> None:
         super().__init__()
+        if engine not in ENGINES:
+            raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, found {engine!r}")
+        if dtype not in PRECISIONS:
+            raise ValueError(f"dtype: expected one of {', '.join(PRECISIONS)}, found {dtype!r}")
+        if engine == "plain" and dtype != "float32":
+            raise ValueError(f"dtype={dtype!r} needs the fast engine; the plain model computes in float32")
         self.bilm = bilm
         self.mix = ScalarMix(bilm.num_layers)
         self.stateful = stateful
         self.finetune = finetune
+        self.engine = engine
         self._state = CarriedState()
+        self._fast = None if engine == "plain" else FastBiLM(bilm, dtype, cache_size)
 
     @property
     def config(self) -> ElmoConfig:
@@ -116,6 +160,22 @@ class ElmoModule(nn.Module):
         self._finetune = bool(value)
         for p in self.bilm.parameters():
             p.requires_grad_(self._finetune)
+
+    @property
+    def dtype(self) -> str:
+        """The fast engine's precision (``"float32"`` with the plain engine)."""
+        return "float32" if self._fast is None else self._fast.precision
+
+    @property
+    def fast(self) -> FastBiLM | None:
+        """The fast engine (None with ``engine="plain"``)."""
+        return self._fast
+
+    def uses_fast_engine(self) -> bool:
+        """Whether a call now runs the fast engine (not while gradients flow into the biLM)."""
+        if self._fast is None:
+            return False
+        return not (self._finetune and torch.is_grad_enabled())
 
     @property
     def carried_state(self) -> list[LayerState] | None:
@@ -216,8 +276,12 @@ class ElmoModule(nn.Module):
     def run_bilm(self, char_ids: Tensor) -> BiLMOutput:
         """Run the biLM (with the carried state in stateful mode); no layer mix."""
         initial = self._state.take(self.bilm, char_ids.shape[0]) if self.stateful else None
-        with torch.set_grad_enabled(self._finetune and torch.is_grad_enabled()):
-            out = self.bilm(char_ids, initial)
+        if self.uses_fast_engine():
+            assert self._fast is not None
+            out = self._fast(char_ids, initial)
+        else:
+            with torch.set_grad_enabled(self._finetune and torch.is_grad_enabled()):
+                out = self.bilm(char_ids, initial)
         if self.stateful:
             self._state.update(out.state)
         return out
@@ -225,8 +289,13 @@ class ElmoModule(nn.Module):
     def outputs(self, out: BiLMOutput) -> dict[str, Tensor]:
         """The hub module's output dictionary from the biLM's layers."""
         word_emb = out.layers[0]
-        layers = [torch.cat([word_emb, word_emb], dim=2), *out.layers[1:]]
-        elmo = self.mix(layers)
+        mix = self.mix
+        if not mix.layer_norm and not (
+            torch.is_grad_enabled() and (mix.weights.requires_grad or mix.gamma.requires_grad)
+        ):
+            elmo = _mix_inference(mix, out.layers)
+        else:
+            elmo = mix([torch.cat([word_emb, word_emb], dim=2), *out.layers[1:]])
         mask = out.mask
         counts = mask.sum(dim=1, keepdim=True).clamp(min=1).to(elmo.dtype)
         result = {"word_emb": word_emb}

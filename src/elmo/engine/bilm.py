@@ -1,0 +1,219 @@
+"""``FastBiLM``: the biLM's inference, fast, with the plain model's inputs and outputs.
+
+It takes what :class:`elmo.model.ElmoBiLM` takes (character ids ``[B, T, C]``, an
+optional list of :class:`~elmo.model.LayerState`, ``keep_boundaries``) and returns the
+same :class:`~elmo.model.BiLMOutput`, always float32. Its weights are derived from a
+plain model, which stays the reference: when that model's parameters change (loading,
+``.to(device)``, in-place edits), the engine notices and rebuilds them, and empties its
+token cache.
+
+Where the time goes, and what is done about it:
+
+- Token encoder (char CNN, highway, projection): each distinct token of a batch is
+  encoded once, and a bounded LRU cache (:class:`~elmo.engine.cache.TokenCache`) keeps
+  the results across batches; the convolutions are unfolded into matrix products.
+- LSTMs: sequences are packed (no step is spent on padding or on finished sentences),
+  forward and backward run together, input products of whole blocks of steps are one
+  product each, and the first layer's input product is taken once per distinct token.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from elmo.engine.cache import TokenCache
+from elmo.engine.encoder import FastTokenEncoder
+from elmo.engine.precision import PRECISIONS, activation_dtype
+from elmo.engine.recurrent import LayerWeights, PackedBatch, run_layer
+from elmo.model import BiLMOutput, ElmoBiLM, LayerState
+
+__all__ = ["DEFAULT_CACHE_SIZE", "FastBiLM"]
+
+# Distinct tokens kept by default: 32,768 rows of P floats (64 MB for the original model,
+# 16 MB for the small one). Covers the frequent vocabulary of most corpora.
+DEFAULT_CACHE_SIZE = 32768
+# Bound on the input-product block of one layer ([2, rows, 4H]), in bytes.
+BLOCK_BYTES = 64 * 2**20
+
+
+class _Weights:
+    """All of the engine's weights for one precision, derived from a plain model."""
+
+    def __init__(self, plain: ElmoBiLM, precision: str) -> None:
+        self.encoder = FastTokenEncoder(plain.token_encoder, precision)
+        self.layers = [
+            LayerWeights(f, b, precision) for f, b in zip(plain.forward_layers, plain.backward_layers)
+        ]
+
+
+class FastBiLM:
+    """Fast inference for an :class:`~elmo.model.ElmoBiLM` (no gradients).
+
+    ``precision``: ``"float32"`` (within 1e-5 of the plain model), ``"bfloat16"`` or
+    ``"int8"`` (dynamic quantization of the large products, CPU only); outputs are
+    float32 in every precision. ``cache_size``: distinct tokens whose representations
+    are kept (0 disables the cache).
+    """
+
+    def __init__(
+        self, plain: ElmoBiLM, precision: str = "float32", cache_size: int = DEFAULT_CACHE_SIZE
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"dtype: expected one of {', '.join(PRECISIONS)}, found {precision!r}")
+        self.plain = plain
+        self.precision = precision
+        self.dtype = activation_dtype(precision)
+        self.cache = TokenCache(cache_size)
+        self._weights: _Weights | None = None
+        self._signature: tuple | None = None
+        self._block: Tensor | None = None
+
+    @property
+    def config(self):
+        return self.plain.config
+
+    def _sync(self) -> _Weights:
+        """The engine's weights, rebuilt if the plain model's parameters changed."""
+        signature = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.plain.parameters())
+        if self._weights is None or signature != self._signature:
+            self._weights = None  # free the old copies before making new ones
+            self.cache.clear()
+            self._block = None
+            with torch.no_grad():
+                self._weights = _Weights(self.plain, self.precision)
+            self._signature = signature
+        return self._weights
+
+    def __call__(
+        self, char_ids: Tensor, state: list[LayerState] | None = None, keep_boundaries: bool = False
+    ) -> BiLMOutput:
+        with torch.no_grad():
+            return self._forward(char_ids, state, keep_boundaries)
+
+    # ------------------------------------------------------------------ internals
+    def _tokens(self, weights: _Weights, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Representations of the distinct rows of ``tokens`` [N, C] and each row's index.
+
+        Returns ``table`` [U, P] (activation dtype) and ``inverse`` [N] (long, device).
+        """
+        device = tokens.device
+        host = tokens.cpu().numpy().astype(np.uint16)
+        rows = np.ascontiguousarray(host).view(np.dtype((np.void, host.shape[1] * 2))).ravel()
+        unique, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+        keys = [u.tobytes() for u in unique]
+        hit_pos, hit_slots, miss_pos = self.cache.lookup(keys)
+        encoder = weights.encoder
+        table = torch.empty(len(keys), encoder.width, dtype=encoder.dtype, device=device)
+        if hit_pos:
+            table[torch.tensor(hit_pos, device=device)] = self.cache.gather(hit_slots)
+        if miss_pos:
+            miss_rows = torch.from_numpy(first[miss_pos]).to(device)
+            encoded = encoder(tokens.index_select(0, miss_rows))
+            table[torch.tensor(miss_pos, device=device)] = encoded
+            self.cache.store([keys[i] for i in miss_pos], encoded)
+        return table, torch.from_numpy(inverse.reshape(-1).astype(np.int64)).to(device)
+
+    def _block_buffer(self, rows: int, width: int) -> Tensor:
+        """The input-product block, kept between calls (a fresh large allocation costs page faults)."""
+        need = 2 * rows * width
+        if self._block is None or self._block.numel() < need or self._block.device != self._device:
+            self._block = torch.empty(need, dtype=self.dtype, device=self._device)
+        return self._block[:need].view(2, rows, width)
+
+    def _empty(self, device: torch.device, steps: int, keep_boundaries: bool) -> BiLMOutput:
+        """The output for a batch of no rows."""
+        proj = self.config.lstm.projection_dim
+        width = steps + 2 if keep_boundaries else steps
+        layers = [torch.zeros(0, width, proj, device=device)]
+        layers += [torch.zeros(0, width, 2 * proj, device=device) for _ in self.plain.forward_layers]
+        return BiLMOutput(
+            layers=layers,
+            mask=torch.zeros(0, width, dtype=torch.bool, device=device),
+            state=self.plain.zero_state(0),
+        )
+
+    def _forward(self, char_ids: Tensor, state: list[LayerState] | None, keep_boundaries: bool) -> BiLMOutput:
+        weights = self._sync()
+        plain = self.plain
+        device = plain.token_encoder.proj_b.device
+        self._device = device
+        char_ids = char_ids.to(device)
+        batch, steps, _ = char_ids.shape
+        mask = (char_ids > 0).any(dim=2)
+        lengths_t = mask.sum(dim=1)
+        if not torch.equal(mask, torch.arange(steps, device=device) < lengths_t.unsqueeze(1)):
+            raise ValueError(
+                "character ids: padding tokens (all zero) must come after the real tokens of a row"
+            )
+        lengths = lengths_t.tolist()
+        proj = self.config.lstm.projection_dim
+        if batch == 0:
+            return self._empty(device, steps, keep_boundaries)
+        markers = plain._marker_ids.to(device)
+
+        # Distinct tokens (sentence markers included) and their representations.
+        tokens = torch.cat([char_ids[mask], markers])
+        table, inverse = self._tokens(weights, tokens)
+        n_tok = tokens.shape[0] - 2
+        bos, eos = inverse[n_tok], inverse[n_tok + 1]
+        zero_row = table.shape[0]
+        table = torch.cat([table, table.new_zeros(1, proj)])  # index zero_row: padding
+
+        # Table index of every position of <S> w_1 .. w_n </S>, per original row.
+        width = steps + 2
+        lengths2 = lengths_t + 2
+        pos = torch.arange(width, device=device).unsqueeze(0)
+        index = torch.full((batch, width), zero_row, dtype=torch.long, device=device)
+        index[:, 1 : steps + 1][mask] = inverse[:n_tok]
+        index[:, 0] = bos
+        index.scatter_(1, (lengths_t + 1).unsqueeze(1), eos.expand(batch, 1).contiguous())
+        mask2 = pos < lengths2.unsqueeze(1)
+
+        packed = PackedBatch.build([n + 2 for n in lengths], device)
+        fwd_tokens, bwd_tokens = packed.gather_order(index)
+        layer_input: Tensor | tuple[Tensor, Tensor] = (table, torch.stack([fwd_tokens, bwd_tokens]))
+
+        rank = torch.tensor(packed.rank, dtype=torch.long, device=device)
+        order = torch.tensor(packed.order, dtype=torch.long, device=device)
+        lstm = self.config.lstm
+        cells = lstm.dim
+        block_rows = max(16, BLOCK_BYTES // (2 * 4 * cells * self.dtype.itemsize))
+        fwd_pos, bwd_pos = packed.positions(width, device)
+        outputs: list[Tensor] = []
+        final: list[LayerState] = []
+        for k, layer in enumerate(weights.layers):
+            h0 = c0 = None
+            if state is not None:
+                s = state[k]
+                h0 = torch.stack([s.forward_h, s.backward_h]).to(device).index_select(1, order)
+                c0 = torch.stack([s.forward_c, s.backward_c]).to(device).index_select(1, order)
+            out, h_last, c_last = run_layer(
+                layer, packed, layer_input, h0, c0, self.dtype, block_rows, self._block_buffer
+            )
+            if lstm.use_skip_connections and k > 0:
+                assert isinstance(layer_input, Tensor)
+                out[:, : packed.total] += layer_input[:, : packed.total]
+            h_last, c_last = h_last.index_select(1, rank), c_last.index_select(1, rank)
+            final.append(LayerState(h_last[0], c_last[0], h_last[1], c_last[1]))
+            outputs.append(out)
+            layer_input = out
+
+        # Unpack: original row order, positions in reading order, padding exactly zero.
+        if keep_boundaries:
+            keep = mask2
+            first, last = 0, width
+        else:
+            keep = mask
+            first, last = 1, steps + 1
+        word_index = torch.where(keep, index[:, first:last], zero_row)
+        layers = [table.index_select(0, word_index.reshape(-1)).view(batch, last - first, proj).float()]
+        f_idx = torch.where(keep, fwd_pos[:, first:last], packed.total).reshape(-1)
+        b_idx = torch.where(keep, bwd_pos[:, first:last], packed.total).reshape(-1)
+        for out in outputs:
+            both = torch.empty(batch, last - first, 2 * proj, device=device)
+            both[..., :proj] = out[0].index_select(0, f_idx).view(batch, last - first, proj)
+            both[..., proj:] = out[1].index_select(0, b_idx).view(batch, last - first, proj)
+            layers.append(both)
+        return BiLMOutput(layers=layers, mask=keep, state=final)
