@@ -232,6 +232,17 @@ def test_weight_changes_are_picked_up(tiny_model_files):
     assert _diff(after, want) <= TOL
 
 
+def test_inference_mode_then_no_grad(tiny_model_files):
+    """The engine's kept tensors are made outside inference mode, so later calls can update them."""
+    m = elmo.load(*tiny_model_files)
+    with torch.inference_mode():
+        first = m(["the cat sat"])["elmo"]
+    with torch.no_grad():
+        second = m(["the cat sat", "on a new mat"])["elmo"]
+    third = m(["another new sentence"])["elmo"]
+    assert torch.equal(first[0], second[0, :3]) and third.shape == (1, 3, 32)
+
+
 def test_embed_through_the_fast_engine(small_model_dir):
     """The one-call API (sorted, batched) gives the plain model's arrays."""
     sentences = [" ".join(s) for s in reference_sentences()] + ["", "one"]
@@ -271,12 +282,12 @@ def _cosines(got: list[torch.Tensor], want: list[torch.Tensor], mask: torch.Tens
     return [torch.nn.functional.cosine_similarity(a[mask], b[mask], dim=-1) for a, b in zip(got, want)]
 
 
-@pytest.mark.parametrize(("dtype", "floor"), [("bfloat16", 0.999), ("int8", 0.99)])
-def test_lower_precision_accuracy(small_bilm, dtype, floor):
-    """Per-token cosine similarity with float32, every layer: mean and minimum.
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_lower_precision_accuracy(small_bilm, dtype):
+    """Per-token cosine similarity with float32 on every layer, mean and minimum >= 0.999.
 
-    Measured on the small random model: bfloat16 mean >= 0.9999, min >= 0.999;
-    int8 mean >= 0.999, min >= 0.99.
+    Measured on the 42 reference sentences (small model; the original-size one is alike):
+    bfloat16 mean >= 0.99998, min >= 0.99997; int8 mean >= 0.9999, min >= 0.9997.
     """
     if dtype == "int8" and "x86" not in torch.backends.quantized.supported_engines:
         pytest.skip("no x86 quantized backend")
@@ -286,8 +297,7 @@ def test_lower_precision_accuracy(small_bilm, dtype, floor):
     for a in got.layers:
         assert a.dtype == torch.float32
     for cos in _cosines(got.layers, want.layers, want.mask):
-        assert cos.min() >= floor, (float(cos.mean()), float(cos.min()))
-        assert cos.mean() >= 1 - (1 - floor) / 10
+        assert cos.mean() >= 0.999 and cos.min() >= 0.999, (float(cos.mean()), float(cos.min()))
 
 
 def test_lower_precision_state_stays_float32(tiny_bilm):

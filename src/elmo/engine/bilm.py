@@ -19,13 +19,15 @@ Where the time goes, and what is done about it:
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import Tensor
 
 from elmo.engine.cache import TokenCache
 from elmo.engine.encoder import FastTokenEncoder
-from elmo.engine.precision import PRECISIONS, activation_dtype
+from elmo.engine.precision import PRECISIONS, activation_dtype, native_bfloat16
 from elmo.engine.recurrent import LayerWeights, PackedBatch, run_layer
 from elmo.model import BiLMOutput, ElmoBiLM, LayerState
 
@@ -66,6 +68,9 @@ class FastBiLM:
         self.precision = precision
         self.dtype = activation_dtype(precision)
         self.cache = TokenCache(cache_size)
+        # Token rows looked up (sentence markers included, once per call); with
+        # ``cache.misses`` (rows encoded) this says how much encoder work the cache saves.
+        self.tokens_seen = 0
         self._weights: _Weights | None = None
         self._signature: tuple | None = None
         self._block: Tensor | None = None
@@ -81,6 +86,13 @@ class FastBiLM:
             self._weights = None  # free the old copies before making new ones
             self.cache.clear()
             self._block = None
+            device = self.plain.token_encoder.proj_b.device
+            if self.precision == "bfloat16" and not native_bfloat16(device):
+                warnings.warn(
+                    f"dtype='bfloat16': this {device.type.upper()} has no bfloat16 matrix units "
+                    "(AVX-512 BF16, AMX); its bfloat16 products are emulated and slower than float32",
+                    stacklevel=4,
+                )
             with torch.no_grad():
                 self._weights = _Weights(self.plain, self.precision)
             self._signature = signature
@@ -89,7 +101,10 @@ class FastBiLM:
     def __call__(
         self, char_ids: Tensor, state: list[LayerState] | None = None, keep_boundaries: bool = False
     ) -> BiLMOutput:
-        with torch.no_grad():
+        # Normal tensors even when called under torch.inference_mode(): the engine keeps
+        # tensors between calls (weights, cache, workspace) and updates them in place, which
+        # inference tensors do not allow outside inference mode.
+        with torch.inference_mode(False), torch.no_grad():
             return self._forward(char_ids, state, keep_boundaries)
 
     # ------------------------------------------------------------------ internals
@@ -99,6 +114,7 @@ class FastBiLM:
         Returns ``table`` [U, P] (activation dtype) and ``inverse`` [N] (long, device).
         """
         device = tokens.device
+        self.tokens_seen += tokens.shape[0]
         host = tokens.cpu().numpy().astype(np.uint16)
         rows = np.ascontiguousarray(host).view(np.dtype((np.void, host.shape[1] * 2))).ravel()
         unique, first, inverse = np.unique(rows, return_index=True, return_inverse=True)

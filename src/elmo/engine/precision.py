@@ -25,7 +25,7 @@ from torch import Tensor
 
 from elmo.model import MIN_ROWS
 
-__all__ = ["PRECISIONS", "Linear", "StackedLinear", "activation_dtype", "pad_rows"]
+__all__ = ["PRECISIONS", "Linear", "StackedLinear", "activation_dtype", "native_bfloat16", "pad_rows"]
 
 PRECISIONS = ("float32", "bfloat16", "int8")
 
@@ -33,6 +33,17 @@ PRECISIONS = ("float32", "bfloat16", "int8")
 def activation_dtype(precision: str) -> torch.dtype:
     """The dtype the engine keeps activations in for ``precision``."""
     return torch.bfloat16 if precision == "bfloat16" else torch.float32
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices in hardware (else it is emulated, slowly)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(cpu, name, lambda: False)() for name in checks)
+    return True
 
 
 def pad_rows(x: Tensor, rows: int = MIN_ROWS) -> Tensor:
@@ -69,12 +80,14 @@ class Linear:
                 raise ValueError("int8: dynamic quantization runs on the CPU only; use bfloat16 on GPUs")
             _quantized_engine()
             w = weight.detach().t().contiguous().float()  # quantized linear wants [out, in]
+            # Symmetric per-output-column scales: the largest weight of a column maps to 127.
             scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
             zero = torch.zeros(w.shape[0], dtype=torch.long)
-            qweight = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
             b = None if bias is None else bias.detach().float().contiguous()
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch.ao deprecation notices
+                # PyTorch announces the move of quantized tensors to torchao; they still work.
+                warnings.simplefilter("ignore")
+                qweight = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
                 self._packed = torch.ops.quantized.linear_prepack(qweight, b)
             self.weight = None
             self.bias = None
@@ -123,10 +136,18 @@ class StackedLinear:
             self.weight = torch.stack([w.detach().to(dtype) for w in weights])
             self._parts = None
 
-    def __call__(self, x: Tensor, out: Tensor) -> Tensor:
-        """``out[d] = x[d] @ weight[d]`` for ``x`` [2, rows, in], rows >= MIN_ROWS."""
+    def __call__(self, x: Tensor, out: Tensor, add: Tensor | None = None) -> Tensor:
+        """``out[d] = x[d] @ weight[d] (+ add[d])`` for ``x`` [2, rows, in], rows >= MIN_ROWS."""
         if self._parts is not None:
             for d in range(2):
                 out[d].copy_(self._parts[d](x[d]))
-            return out
-        return torch.bmm(x, self.weight, out=out)
+            return out if add is None else out.add_(add)
+        if add is None:
+            return torch.bmm(x, self.weight, out=out)
+        if FUSED_ADD[self.precision]:
+            return torch.baddbmm(add, x, self.weight, out=out)
+        return torch.bmm(x, self.weight, out=out).add_(add)
+
+
+# Whether ``baddbmm`` (the addition fused into the product) beats ``bmm`` + ``add_``.
+FUSED_ADD = {"float32": False, "bfloat16": True}

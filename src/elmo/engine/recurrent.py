@@ -228,6 +228,8 @@ def run_layer(
             x_t = xproj[:, lo : lo + n]
             if fresh and t == 0:
                 v.gates.copy_(x_t)  # zero initial state: h @ W_h adds exactly nothing
+            elif n >= MIN_ROWS:
+                hidden(h_prev[:, :n], v.gates, add=x_t)
             else:
                 hidden(h_prev[:, : v.rows], v.product)
                 v.gates.add_(x_t)
