@@ -74,6 +74,7 @@ class FastBiLM:
         self._weights: _Weights | None = None
         self._signature: tuple | None = None
         self._block: Tensor | None = None
+        self._device = torch.device("cpu")
 
     @property
     def config(self):
@@ -135,7 +136,8 @@ class FastBiLM:
         """The input-product block, kept between calls (a fresh large allocation costs page faults)."""
         need = 2 * rows * width
         if self._block is None or self._block.numel() < need or self._block.device != self._device:
-            self._block = torch.empty(need, dtype=self.dtype, device=self._device)
+            # Zeros, not garbage: rows past a block's end are read (their results dropped).
+            self._block = torch.zeros(need, dtype=self.dtype, device=self._device)
         return self._block[:need].view(2, rows, width)
 
     def _empty(self, device: torch.device, steps: int, keep_boundaries: bool) -> BiLMOutput:

@@ -126,6 +126,16 @@ class LayerWeights:
         self.projection = StackedLinear((forward.projection, backward.projection), precision)
 
 
+# Row counts of the recurrent products are rounded up to a multiple of this: oneDNN
+# generates (JIT) a bfloat16 kernel per distinct shape, and a sorted batch's shrinking
+# row count would otherwise make one per step at first; 16 rows is also one AMX tile.
+ROW_ALIGN = {torch.bfloat16: 16}
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
 def _step_blocks(batch: PackedBatch, rows_per_block: int) -> list[tuple[int, int]]:
     """Consecutive step ranges whose packed rows fit ``rows_per_block`` (at least one step)."""
     blocks, start, steps = [], 0, len(batch.counts)
@@ -145,22 +155,29 @@ def _input_products(
     start: int,
     stop: int,
     out: Tensor,
+    align: int,
 ) -> None:
     """``out[d] = input_d[start:stop] @ W_x[d] + b[d]`` for the packed rows of one block.
 
-    ``inputs`` is either the packed layer input ``[2, total, in]`` or, for the first layer,
-    ``(table, index)``: token representations ``[U, in]`` and packed token indices
+    ``inputs`` is either the packed layer input ``[2, total + slack, in]`` or, for the first
+    layer, ``(table, index)``: token representations ``[U, in]`` and packed token indices
     ``[2, total]``. Then the product is taken once per distinct token of the block and
     gathered (exactly the same rows as a full product, since rows are independent).
+    Products have a multiple of ``align`` rows (extra rows read the inputs' slack or repeat
+    a token; ``out`` must have room), for the reason given at :data:`ROW_ALIGN`.
     """
+    rows = _round_up(stop - start, align)
     for d in range(2):
         if isinstance(inputs, tuple):
             table, index = inputs
             unique, inverse = torch.unique(index[d, start:stop], return_inverse=True)
+            padded = _round_up(unique.shape[0], align)
+            if padded != unique.shape[0]:
+                unique = torch.cat([unique, unique.new_zeros(padded - unique.shape[0])])
             product = weights.inputs[d](table.index_select(0, unique))
-            torch.index_select(product, 0, inverse, out=out[d])
+            torch.index_select(product, 0, inverse, out=out[d, : stop - start])
         else:
-            weights.inputs[d](inputs[d, start:stop], out=out[d])
+            weights.inputs[d](inputs[d, start : start + rows], out=out[d, :rows])
 
 
 def run_layer(
@@ -178,19 +195,22 @@ def run_layer(
     ``inputs``: see :func:`_input_products`. ``h0`` [2, B, P] and ``c0`` [2, B, H] are the
     initial states in sorted row order (None: zero). ``block_buffer(rows, width)`` may
     provide the ``[2, rows, width]`` workspace of the input products. Returns the packed outputs
-    ``[2, total + 1, P]`` (the last row zero, for gathers of padding positions) and the
+    ``[2, total + 1 + slack, P]`` (row ``total`` is zero, for gathers of padding positions) and the
     final ``h`` [2, B, P] and ``c`` [2, B, H] of every row (float32, sorted order).
     """
     rows = len(batch.order)
     cells, width = weights.cells, weights.width
     device = (inputs[0] if isinstance(inputs, tuple) else inputs).device
-    out = torch.zeros(2, batch.total + 1, width, dtype=dtype, device=device)
+    align = ROW_ALIGN.get(dtype, 1)
+    # One zero row past the end (gathers of padding positions), and slack rows (zero) that
+    # the next layer's aligned input products may read.
+    out = torch.zeros(2, batch.total + 1 + align, width, dtype=dtype, device=device)
     # The cell state stays float32 in every precision: it accumulates over the whole
     # sentence. Rows past the active prefix are not touched, so they keep their final values.
     c = torch.zeros(2, rows, cells, device=device) if c0 is None else c0.float().clone()
     # Products read and write at least MIN_ROWS rows (rows past the active ones are stale
     # but finite, and their results are dropped), so buffers have at least that many.
-    cap = max(rows, MIN_ROWS)
+    cap = _round_up(max(rows, MIN_ROWS), align)
     # h of the previous step is the previous projection's result: two buffers used in turn,
     # written as contiguous [2, m, P] (a strided product output is slower) and read as
     # [:, :m'] views (strided inputs are not).
@@ -207,32 +227,29 @@ def run_layer(
     hidden, projection = weights.hidden, weights.projection
     blocks = _step_blocks(batch, rows_per_block)
     largest = max(batch.offsets[b - 1] + batch.counts[b - 1] - batch.offsets[a] for a, b in blocks)
+    # Slack rows: a step's product may add up to `cap - n` rows past its own (dropped results).
     if block_buffer is None:
-        block_buf = torch.empty(2, largest, 4 * cells, dtype=dtype, device=device)
+        block_buf = torch.zeros(2, largest + cap, 4 * cells, dtype=dtype, device=device)
     else:
-        block_buf = block_buffer(largest, 4 * cells)
+        block_buf = block_buffer(largest + cap, 4 * cells)
 
     # Views for a step of n active rows, made once per distinct n (a sorted batch has few),
     # so that a step costs its arithmetic calls and little else.
     views: dict[int, _StepViews] = {}
     for start, stop in blocks:
         first, end = batch.offsets[start], batch.offsets[stop - 1] + batch.counts[stop - 1]
-        xproj = block_buf[:, : end - first]
-        _input_products(weights, inputs, first, end, xproj)
+        _input_products(weights, inputs, first, end, block_buf, align)
         for t in range(start, stop):
             n = batch.counts[t]
             v = views.get(n)
             if v is None:
-                v = views[n] = _StepViews(n, cells, width, gates_buf, gates32, c, m_buf, m32, h_bufs)
+                v = views[n] = _StepViews(n, align, cells, width, gates_buf, gates32, c, m_buf, m32, h_bufs)
             lo = batch.offsets[t] - first
-            x_t = xproj[:, lo : lo + n]
             if fresh and t == 0:
-                v.gates.copy_(x_t)  # zero initial state: h @ W_h adds exactly nothing
-            elif n >= MIN_ROWS:
-                hidden(h_prev[:, :n], v.gates, add=x_t)
+                # Zero initial state: h @ W_h adds exactly nothing.
+                v.gates.copy_(block_buf[:, lo : lo + n])
             else:
-                hidden(h_prev[:, : v.rows], v.product)
-                v.gates.add_(x_t)
+                hidden(h_prev[:, : v.rows], v.product, add=block_buf[:, lo : lo + v.rows])
             if v.gates32 is not None:
                 # Nonlinearities and the cell update in float32: bfloat16 rounding of c
                 # would accumulate over the sentence.
@@ -262,11 +279,12 @@ def run_layer(
 
 
 class _StepViews:
-    """The buffers' views for a step with ``n`` active rows (``rows`` >= MIN_ROWS in products)."""
+    """The buffers' views for a step with ``n`` active rows (``rows`` >= n in products)."""
 
     def __init__(
         self,
         n: int,
+        align: int,
         cells: int,
         width: int,
         gates_buf: Tensor,
@@ -276,7 +294,7 @@ class _StepViews:
         m32: Tensor | None,
         h_bufs: list[Tensor],
     ) -> None:
-        rows = self.rows = max(n, MIN_ROWS)
+        rows = self.rows = _round_up(max(n, MIN_ROWS), align)
         self.product = gates_buf[: 2 * rows * 4 * cells].view(2, rows, 4 * cells)
         self.gates = self.product[:, :n]
         self.gates32 = None if gates32 is None else gates32[:, :n]
