@@ -210,7 +210,8 @@ def _work_sweep(a: argparse.Namespace) -> dict:
                 {"engine": engine, "axis": "batch_size", "value": bs, "tokens_per_s": point(subset, bs)}
             )
         for length in a.sweep_lengths:
-            batch = _sweep_sentences(pool, length, budget)
+            # At least 64 sentences, so that every length fills a batch of 64 rows.
+            batch = _sweep_sentences(pool, length, max(budget, 64 * length))
             rows.append(
                 {
                     "engine": engine,
@@ -296,6 +297,7 @@ def _work_profile(a: argparse.Namespace) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from elmo.engine.flops import model_flops
+    from elmo.engine.precision import executed_flops
 
     sents = sorted(_read(a.sentences), key=len)
     m = _load(a, "fast", a.dtype)
@@ -306,8 +308,10 @@ def _work_profile(a: argparse.Namespace) -> dict:
     # profiled one; both start with an empty token cache.
     wall_plain = _timed_loop(m, sents, a.batch_size)
     m.fast.cache.clear()
+    executed_flops(reset=True)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         wall = _timed_loop(m, sents, a.batch_size)
+    executed = executed_flops()
     kinds = dict.fromkeys([*_KINDS, "other ops"], 0.0)
     for ev in prof.key_averages():
         kind = next((k for k, names in _KINDS.items() if ev.key in names), "other ops")
@@ -317,6 +321,7 @@ def _work_profile(a: argparse.Namespace) -> dict:
     flops = model_flops(m.config)["total"]
     tokens_per_s = n_tok / wall_plain
     peak = _matmul_peak(a.dtype, a.threads)
+    matmul_s = kinds["matmul"]
     return {
         "dtype": a.dtype,
         "tokens": n_tok,
@@ -326,8 +331,13 @@ def _work_profile(a: argparse.Namespace) -> dict:
         "share": {k: round(v / wall, 3) for k, v in kinds.items()},
         "model_gflop_per_token": round(flops / 1e9, 4),
         "model_gflop_s": round(flops * tokens_per_s / 1e9, 1),
+        # What the products really computed (cache, sharing and padding accounted for).
+        "executed_gflop_per_token": round(executed / n_tok / 1e9, 4),
+        "executed_gflop_s": round(executed / wall_plain / 1e9, 1),
+        "in_products_gflop_s": round(executed / max(matmul_s, 1e-9) / 1e9, 1),
         "matmul_peak_gflop_s": round(peak, 1),
-        "fraction_of_peak": round(flops * tokens_per_s / 1e9 / peak, 3),
+        "fraction_of_peak": round(executed / wall_plain / 1e9 / peak, 3),
+        "in_products_fraction_of_peak": round(executed / max(matmul_s, 1e-9) / 1e9 / peak, 3),
     }
 
 
@@ -525,17 +535,25 @@ def _profile_table(size: str, profiles: list[dict]) -> list[str]:
     kinds = list(profiles[0]["share"])
     out = [
         "",
-        f"Where the fast engine's time goes, {size} model (share of the profiled wall time), and the "
-        "nominal model FLOPs per second against a large matrix product's measured peak:",
+        f"Where the fast engine's time goes, {size} model: shares of the profiled wall time (cache "
+        "empty at the start). GFLOP/s: nominal (the model's FLOPs per token, "
+        "`elmo.engine.flops`, times tokens/s), executed (the products the engine really ran: "
+        "the cache and shared tokens save work, padding rows add some) per second of wall time and "
+        "per second spent in products, against the peak of one large product in the same "
+        "precision measured here:",
         "",
-        "| precision | " + " | ".join(kinds) + " | model GFLOP/s | matmul peak GFLOP/s | fraction of peak |",
-        "|---" * (len(kinds) + 4) + "|",
+        "| precision | "
+        + " | ".join(kinds)
+        + " | nominal GFLOP/s | executed GFLOP/tok | executed GFLOP/s | in products | peak | "
+        "fraction of peak (wall / in products) |",
+        "|---" * (len(kinds) + 7) + "|",
     ]
     for pr in profiles:
         shares = " | ".join(f"{pr['share'][k]:.0%}" for k in kinds)
         out.append(
-            f"| {pr['dtype']} | {shares} | {pr['model_gflop_s']} | {pr['matmul_peak_gflop_s']} | "
-            f"{pr['fraction_of_peak']:.0%} |"
+            f"| {pr['dtype']} | {shares} | {pr['model_gflop_s']} | {pr['executed_gflop_per_token']} | "
+            f"{pr['executed_gflop_s']} | {pr['in_products_gflop_s']} | {pr['matmul_peak_gflop_s']} | "
+            f"{pr['fraction_of_peak']:.0%} / {pr['in_products_fraction_of_peak']:.0%} |"
         )
     return out
 

@@ -282,6 +282,7 @@ def _cosines(got: list[torch.Tensor], want: list[torch.Tensor], mask: torch.Tens
     return [torch.nn.functional.cosine_similarity(a[mask], b[mask], dim=-1) for a, b in zip(got, want)]
 
 
+@pytest.mark.filterwarnings("ignore:dtype='bfloat16'")  # CPUs without bfloat16 units: emulated
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
 def test_lower_precision_accuracy(small_bilm, dtype):
     """Per-token cosine similarity with float32 on every layer, mean and minimum >= 0.999.
@@ -300,6 +301,7 @@ def test_lower_precision_accuracy(small_bilm, dtype):
         assert cos.mean() >= 0.999 and cos.min() >= 0.999, (float(cos.mean()), float(cos.min()))
 
 
+@pytest.mark.filterwarnings("ignore:dtype='bfloat16'")
 def test_lower_precision_state_stays_float32(tiny_bilm):
     out = FastBiLM(tiny_bilm, "bfloat16")(batch_to_char_ids([["a", "b"]]))
     assert all(t.dtype == torch.float32 for s in out.state for t in vars(s).values())

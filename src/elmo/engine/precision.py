@@ -25,9 +25,30 @@ from torch import Tensor
 
 from elmo.model import MIN_ROWS
 
-__all__ = ["PRECISIONS", "Linear", "StackedLinear", "activation_dtype", "native_bfloat16", "pad_rows"]
+__all__ = [
+    "PRECISIONS",
+    "Linear",
+    "StackedLinear",
+    "activation_dtype",
+    "executed_flops",
+    "native_bfloat16",
+    "pad_rows",
+]
 
 PRECISIONS = ("float32", "bfloat16", "int8")
+
+
+# Floating-point operations of all products run so far (multiply-add = 2), padding rows
+# included: what the engine really computes, for profiles (see benchmarks/bench_inference.py).
+_executed = [0]
+
+
+def executed_flops(reset: bool = False) -> int:
+    """FLOPs of the matrix products run since the last reset; ``reset`` starts over."""
+    value = _executed[0]
+    if reset:
+        _executed[0] = 0
+    return value
 
 
 def activation_dtype(precision: str) -> torch.dtype:
@@ -108,6 +129,7 @@ class Linear:
         return result if out is None else out.copy_(result)
 
     def _apply(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        _executed[0] += 2 * x.shape[0] * self.in_features * self.out_features
         if self._packed is not None:
             # reduce_range=False: the x86 backend has no overflow problem without it.
             return torch.ops.quantized.linear_dynamic(x.float().contiguous(), self._packed, False)
@@ -139,9 +161,11 @@ class StackedLinear:
     def __call__(self, x: Tensor, out: Tensor, add: Tensor | None = None) -> Tensor:
         """``out[d] = x[d] @ weight[d] (+ add[d])`` for ``x`` [2, rows, in], rows >= MIN_ROWS."""
         if self._parts is not None:
+            # (the int8 parts count their own products)
             for d in range(2):
                 out[d].copy_(self._parts[d](x[d]))
             return out if add is None else out.add_(add)
+        _executed[0] += 2 * x.shape[0] * x.shape[1] * x.shape[2] * self.weight.shape[2]
         if add is None:
             return torch.bmm(x, self.weight, out=out)
         if FUSED_ADD[self.precision]:
