@@ -188,7 +188,7 @@ def test_resume_refuses_different_arguments(tmp_path, small_model_dir):
             "w.hdf5: cannot read as HDF5",
         ),
         ("exists", ["in.txt", "out.hdf5", *TINY], 1, "out.hdf5: already exists; pass --overwrite"),
-        ("good", ["in.txt", "out.hdf5"], 2, "no model given"),
+        ("good", ["in.txt", "out.hdf5", "--weights", "w.hdf5"], 2, "--options and --weights go together"),
         (
             "good",
             ["in.txt", "out.hdf5", *TINY, "--batch-size", "0"],

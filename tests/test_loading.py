@@ -39,8 +39,8 @@ def test_directory_errors(tmp_path):
         elmo.load(tmp_path / "missing")
     with pytest.raises(TypeError, match="this is a weight file; pass the options too"):
         elmo.load(ALLENNLP / "lm_weights.hdf5")
-    with pytest.raises(TypeError, match="needs the model"):
-        elmo.load()
+    with pytest.raises(TypeError, match=r"load\(weights=\.\.\.\) needs the options too"):
+        elmo.load(weights=ALLENNLP / "lm_weights.hdf5")
 
 
 def test_stateful_flag_and_reset(tmp_path):

@@ -86,7 +86,8 @@ def test_chunking_changes_nothing(small):
             layer.rows_per_block = 1024
     for a, b in zip(whole, chunked):
         assert a.shape == b.shape
-        assert (a - b).abs().max() <= 1e-6
+        # Other matmul blockings round differently: float32 tolerance.
+        assert (a - b).abs().max() <= 1e-5
 
 
 def test_char_ids_padding_must_follow_tokens(tiny_module):
