@@ -20,6 +20,9 @@ similarity with float32 (mean and minimum over tokens, worst layer).
 ``--sweep``: tokens/s of the fast engine (``--sweep-engines``) against batch size and
 against sentence length, cache emptied before each point.
 
+``--batch-compare N ...``: the fast engine (float32) and AllenNLP side by side again at
+other batch sizes, on the same sentences, so that each can be compared at its best.
+
 ``--profile``: where the fast engine's time goes (``torch.profiler`` self time by kind
 of operation, and the rest: Python), the nominal model GFLOP/s (see
 ``elmo.engine.flops``), and the peak of a large matrix product measured in the same
@@ -403,6 +406,13 @@ def main() -> None:
     p.add_argument("--sweep-lengths", nargs="+", type=int, default=[5, 20, 60, 200])
     p.add_argument("--sweep-tokens", type=int, default=1500)
     p.add_argument(
+        "--batch-compare",
+        nargs="+",
+        type=int,
+        default=[],
+        help="more batch sizes at which to compare fast float32 with AllenNLP (needs --peer)",
+    )
+    p.add_argument(
         "--profile", action="store_true", help="where the fast engine's time goes; GFLOP/s vs peak"
     )
     p.add_argument("--append", action="store_true", help="append the tables to benchmarks/RESULTS.md")
@@ -462,22 +472,17 @@ def main() -> None:
             speed = worker("speed", size, model, common, engine="fast", dtype=dtype)
             acc = worker("accuracy", size, model, common, dtype=dtype, accuracy_limit=a.accuracy_limit)
             rows.append((speed, acc))
+
+        def allennlp(common: list[str], model: Path = model, size: str = size) -> dict:
+            peer_cmd = [a.peer, str(TOOLS / "peer" / "bench_allennlp.py"), "--options"]
+            peer_cmd += [str(model / "options.json"), "--weights", str(model / "weights.hdf5")]
+            r = _run_json([*peer_cmd, *common, "--sort"], a.threads)
+            print(json.dumps({"model": size, "measure": "speed", **r}))
+            return r
+
         peer = None
         if a.peer:
-            peer = _run_json(
-                [
-                    a.peer,
-                    str(TOOLS / "peer" / "bench_allennlp.py"),
-                    "--options",
-                    str(model / "options.json"),
-                    "--weights",
-                    str(model / "weights.hdf5"),
-                    *common,
-                    "--sort",
-                ],
-                a.threads,
-            )
-            print(json.dumps({"model": size, "measure": "speed", **peer}))
+            peer = allennlp(common)
             rows.append((peer, None))
         for r, acc in rows:
             ratio = f"{r['tokens_per_s'] / peer['tokens_per_s']:.2f}x" if peer else "n/a"
@@ -486,6 +491,17 @@ def main() -> None:
                 f"| {size} | {r['system']} | {r['tokens_per_s']} | {r['sentences_per_s']} | "
                 f"{r['peak_rss_mb']} | {ratio} | {hits} | {_accuracy_cell(acc)} |"
             )
+        if a.peer and a.batch_compare:
+            points = []
+            if "float32" in a.dtypes:
+                fast32 = rows[(0 if a.no_plain else 1) + a.dtypes.index("float32")][0]
+                points.append((a.batch_size, fast32, peer))
+            for bs in a.batch_compare:
+                at = [*common[:2], "--batch-size", str(bs), *common[4:]]
+                points.append(
+                    (bs, worker("speed", size, model, at, engine="fast", dtype="float32"), allennlp(at))
+                )
+            extra_tables += _batch_compare_table(size, points)
         if a.sweep:
             sweep = worker("sweep", size, model, common)["sweep"]
             extra_tables += _sweep_table(size, sweep)
@@ -514,8 +530,22 @@ def _cmd_args(a: argparse.Namespace) -> list[str]:
         args.append("--peer PEER_VENV/bin/python")
     args += [f"--sizes {' '.join(a.sizes)}", f"--limit {a.limit}", f"--batch-size {a.batch_size}"]
     args += [f"--threads {a.threads}", f"--dtypes {' '.join(a.dtypes)}"]
+    if a.batch_compare:
+        args.append(f"--batch-compare {' '.join(map(str, a.batch_compare))}")
     args += [flag for flag, on in (("--sweep", a.sweep), ("--profile", a.profile)) if on]
     return args
+
+
+def _batch_compare_table(size: str, points: list[tuple[int, dict, dict]]) -> list[str]:
+    out = ["", f"Fast float32 and AllenNLP at several batch sizes, {size} model, same sentences:", ""]
+    out += ["| batch size | fast fp32 tokens/s | AllenNLP tokens/s | ratio |", "|---|---|---|---|"]
+    for bs, ours, peer in sorted(points, key=lambda p: p[0]):
+        ratio = ours["tokens_per_s"] / peer["tokens_per_s"]
+        out.append(f"| {bs} | {ours['tokens_per_s']} | {peer['tokens_per_s']} | {ratio:.2f}x |")
+    best_ours = max(p[1]["tokens_per_s"] for p in points)
+    best_peer = max(p[2]["tokens_per_s"] for p in points)
+    out.append(f"| best of each | {best_ours} | {best_peer} | {best_ours / best_peer:.2f}x |")
+    return out
 
 
 def _sweep_table(size: str, sweep: list[dict]) -> list[str]:

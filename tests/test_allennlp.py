@@ -368,9 +368,28 @@ def test_embed_sentences_batches_lazily(tiny_model_files, embedder):
     assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
 
 
+def test_embedder_without_files_uses_the_original_model(tiny_model_files, tmp_path, monkeypatch):
+    """As AllenNLP's ElmoEmbedder(): the released original model, fetched by name."""
+    model_dir = tmp_path / "original"
+    model_dir.mkdir()
+    (model_dir / "options.json").symlink_to(tiny_model_files[0])
+    (model_dir / "weights.hdf5").symlink_to(tiny_model_files[1])
+    asked = []
+
+    def fake_download(name):
+        asked.append(name)
+        return model_dir
+
+    monkeypatch.setattr("elmo.allennlp.download_model", fake_download)
+    embedder = ElmoEmbedder(stateful=False)
+    assert asked == ["original"]
+    want = ElmoEmbedder(*tiny_model_files, stateful=False).embed_sentence(["a", "b"])
+    assert np.array_equal(embedder.embed_sentence(["a", "b"]), want)
+
+
 def test_embedder_bad_calls(tiny_model_files, embedder):
-    with pytest.raises(TypeError, match="needs options_file and weight_file"):
-        ElmoEmbedder()
+    with pytest.raises(TypeError, match="needs options_file and weight_file together"):
+        ElmoEmbedder(tiny_model_files[0])
     with pytest.raises(TypeError, match="sentence: expected a list of token strings, found a str"):
         embedder.embed_sentence("the cat")
     with pytest.raises(TypeError, match=r"batch\[0\]: expected a list of token strings"):
@@ -485,3 +504,30 @@ def test_embed_file_bad_arguments(embedder, text_file, tmp_path):
         source.write_text("a\n\n", encoding="utf-8")
         embedder.embed_file(source, tmp_path / "out.hdf5", use_sentence_keys=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blank.txt", "input.txt"]
+
+
+def test_engines_agree_and_fast_runs_without_gradients(tiny_model_files):
+    sentences = [["The", "cat", "sat"], ["Hello"], []]
+    ids = batch_to_ids(sentences)
+    torch.manual_seed(0)
+    fast = Elmo(*tiny_model_files, 2, dropout=0.0, stateful=False)
+    torch.manual_seed(0)
+    plain = Elmo(*tiny_model_files, 2, dropout=0.0, stateful=False, engine="plain")
+    got, want = fast(ids), plain(ids)
+    assert fast._fast is not None and fast._fast.tokens_seen > 0
+    assert plain._fast is None
+    for a, b in zip(got["elmo_representations"], want["elmo_representations"], strict=True):
+        assert (a - b).abs().max() <= 1e-5
+    # Gradients reach the mixes through the fast engine's (constant) layers.
+    got["elmo_representations"][0].sum().backward()
+    assert fast.scalar_mix_0.weights.grad is not None
+    # Fine-tuning runs the plain model so that gradients reach the biLM.
+    tuned = Elmo(*tiny_model_files, 1, dropout=0.0, requires_grad=True, stateful=False)
+    seen = tuned._fast.tokens_seen
+    tuned(ids)["elmo_representations"][0].sum().backward()
+    assert tuned._fast.tokens_seen == seen
+    assert any(p.grad is not None for p in tuned.bilm.parameters())
+    with pytest.raises(ValueError, match="dtype: expected one of"):
+        Elmo(*tiny_model_files, 1, dtype="float16")
+    embedder = ElmoEmbedder(*tiny_model_files, stateful=False, engine="plain")
+    assert embedder._fast is None

@@ -67,6 +67,22 @@ def test_embed_file_matches_the_module(tmp_path, tiny_model_files, layers):
     assert data["1"].shape[-2 if layers != "default" else 0] == (0 if layers != "default" else 32)
 
 
+@pytest.mark.parametrize(
+    ("flags", "tolerance"),
+    [(["--engine", "plain"], 1e-5), (["--cache-size", "0"], 1e-5), (["--precision", "bfloat16"], 0.1)],
+)
+def test_engine_flags(tmp_path, tiny_model_files, flags, tolerance):
+    src = _write_lines(tmp_path / "in.txt", FILE_LINES)
+    out = tmp_path / "out.hdf5"
+    r = elmo_cmd("embed", str(src), str(out), *TINY, "--layers", "top", *flags, "--quiet")
+    assert r.returncode == 0, r.stderr.decode()
+    data = _read(out)
+    want = elmo.load(*tiny_model_files, engine="plain").embed(FILE_LINES, layers="top")
+    for i, array in enumerate(want):
+        assert data[str(i)].shape == array.shape
+        assert np.abs(data[str(i)] - array).max(initial=0.0) <= tolerance
+
+
 def test_stdin_float16_and_progress_lines(tmp_path, tiny_model_files):
     out = tmp_path / "out.hdf5"
     r = elmo_cmd(
@@ -196,6 +212,18 @@ def test_resume_refuses_different_arguments(tmp_path, small_model_dir):
             "--batch-size: expected a positive integer",
         ),
         ("good", ["in.txt", "out.hdf5", *TINY, "--layers", "middle"], 2, "invalid choice: 'middle'"),
+        (
+            "good",
+            ["in.txt", "out.hdf5", *TINY, "--cache-size", "-1"],
+            2,
+            "--cache-size: expected an integer >= 0",
+        ),
+        (
+            "good",
+            ["in.txt", "out.hdf5", *TINY, "--engine", "plain", "--precision", "int8"],
+            2,
+            "--precision int8 needs the fast engine",
+        ),
     ],
 )
 def test_bad_input_gives_one_line_and_status(tmp_path, setup, args, status, message):

@@ -131,8 +131,10 @@ def test_bad_engine_options(tiny_model_files):
         elmo.load(*tiny_model_files, dtype="float16")
     with pytest.raises(ValueError, match="needs the fast engine"):
         elmo.load(*tiny_model_files, engine="plain", dtype="bfloat16")
-    with pytest.raises(ValueError, match="token cache size"):
+    with pytest.raises(ValueError, match="cache_size: expected an int >= 0, found -1"):
         elmo.load(*tiny_model_files, cache_size=-1)
+    with pytest.raises(ValueError, match=r"cache_size: expected an int >= 0, found 1\.5"):
+        elmo.load(*tiny_model_files, cache_size=1.5)
 
 
 def test_padding_must_follow_tokens(tiny_bilm):

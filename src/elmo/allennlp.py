@@ -20,7 +20,8 @@ Differences, all deliberate:
   offset there when ``keep_sentence_boundaries=True`` and ``do_layer_norm=True``).
 - ``batch_to_ids`` always returns ``[B, T, 50]`` (AllenNLP gives ``[1, 0]`` for ``[[]]``
   and fails on ``[]``) and rejects a sentence given as a string instead of a token list.
-- ``ElmoEmbedder`` needs the model files (nothing is downloaded); ``embed_file`` embeds
+- ``ElmoEmbedder()`` with no files uses the released original model as AllenNLP did,
+  downloaded once into this package's cache (see :mod:`elmo.download`); ``embed_file`` embeds
   blank lines as zero-length entries instead of refusing the file, streams its input,
   writes its output atomically and leaves a file object it is given open.
 - Parameter names differ (``scalar_mix_0.weights`` for ``scalar_mix_0.scalar_parameters.*``
@@ -46,6 +47,8 @@ from torch import Tensor, nn
 
 from elmo.chars import batch_to_char_ids
 from elmo.config import ElmoConfig
+from elmo.download import download_model
+from elmo.engine import DEFAULT_CACHE_SIZE, engine_for
 from elmo.loading import load_bilm
 from elmo.mix import ScalarMix
 from elmo.model import ElmoBiLM
@@ -174,6 +177,9 @@ class Elmo(nn.Module):
         module: nn.Module | None = None,
         *,
         stateful: bool = True,
+        engine: str = "auto",
+        dtype: str = "float32",
+        cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
         super().__init__()
         if module is not None:
@@ -195,6 +201,7 @@ class Elmo(nn.Module):
             for p in self._elmo_lstm.parameters():
                 p.requires_grad_(requires_grad)
         self._own_bilm = isinstance(self._elmo_lstm, ElmoBiLM)
+        self._fast = engine_for(self._elmo_lstm, engine, dtype, cache_size) if self._own_bilm else None
         if not self._own_bilm and not stateful and not hasattr(self._elmo_lstm, "reset_states"):
             raise ValueError("stateful=False with a custom module needs a module with reset_states()")
         n = num_output_representations
@@ -340,8 +347,11 @@ class Elmo(nn.Module):
         initial = self._state.take(bilm, char_ids.shape[0]) if self.stateful else None
         # A frozen biLM needs no autograd graph; the mixes get their gradients either way.
         track = torch.is_grad_enabled() and any(p.requires_grad for p in bilm.parameters())
-        with torch.set_grad_enabled(track):
-            out = bilm(char_ids, initial, keep_boundaries=True)
+        if self._fast is not None and not track:
+            out = self._fast(char_ids, initial, keep_boundaries=True)
+        else:
+            with torch.set_grad_enabled(track):
+                out = bilm(char_ids, initial, keep_boundaries=True)
         if self.stateful:
             self._state.update(out.state)
         word = out.layers[0]
@@ -361,9 +371,12 @@ class ElmoEmbedder:
     every batch from zero state instead, and :meth:`reset_states` starts over.
 
     Args:
-        options_file, weight_file: the model's files (required: nothing is downloaded).
+        options_file, weight_file: the model's files; both omitted: the released original
+            model, as in AllenNLP (downloaded once into the cache, see :mod:`elmo.download`).
         cuda_device: a CUDA device index, or -1 for the CPU.
         stateful: see above.
+        engine, dtype, cache_size: (keyword-only, not in AllenNLP) as in :func:`elmo.load`;
+            the fast engine by default, ``engine="plain"`` for the reference model.
     """
 
     def __init__(
@@ -373,11 +386,17 @@ class ElmoEmbedder:
         cuda_device: int = -1,
         *,
         stateful: bool = True,
+        engine: str = "auto",
+        dtype: str = "float32",
+        cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
-        if options_file is None or weight_file is None:
+        if options_file is None and weight_file is None:
+            directory = download_model("original")
+            options_file, weight_file = directory / "options.json", directory / "weights.hdf5"
+        elif options_file is None or weight_file is None:
             raise TypeError(
-                "ElmoEmbedder needs options_file and weight_file: this package downloads nothing, so "
-                "there is no default model; pass the paths of an options.json and a weights.hdf5"
+                "ElmoEmbedder needs options_file and weight_file together (or neither, for the "
+                "released original model)"
             )
         device = None
         if cuda_device >= 0:
@@ -395,6 +414,7 @@ class ElmoEmbedder:
         self.elmo_bilm: ElmoBiLM = load_bilm(options_file, weight_file, device)
         for p in self.elmo_bilm.parameters():
             p.requires_grad_(False)
+        self._fast = engine_for(self.elmo_bilm, engine, dtype, cache_size)
         self.stateful = stateful
         self._state = CarriedState()
 
@@ -415,7 +435,7 @@ class ElmoEmbedder:
         char_ids = batch_to_char_ids(batch, max_chars).to(bilm.token_encoder.proj_b.device)
         initial = self._state.take(bilm, len(batch)) if self.stateful else None
         with torch.no_grad():
-            out = bilm(char_ids, initial)
+            out = (self._fast or bilm)(char_ids, initial)
         if self.stateful:
             self._state.update(out.state)
         word = out.layers[0]

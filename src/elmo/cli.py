@@ -62,7 +62,33 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="carry the LSTM state from batch to batch in file order, as AllenNLP does",
     )
-    e.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    e.add_argument(
+        "--dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="type of the stored arrays (default: float32)",
+    )
+    g = e.add_argument_group("engine")
+    g.add_argument(
+        "--engine",
+        choices=("auto", "fast", "plain"),
+        default="auto",
+        help="fast: the fast inference engine (what auto picks); plain: the reference model",
+    )
+    g.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16", "int8"),
+        default="float32",
+        help="the fast engine's arithmetic; bfloat16 and int8 trade a little accuracy for speed "
+        "on CPUs with bfloat16 or VNNI units (default: float32)",
+    )
+    g.add_argument(
+        "--cache-size",
+        type=int,
+        default=None,
+        help="distinct tokens whose context-free representations the fast engine keeps "
+        "(0: none; default: 32768)",
+    )
     e.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")
     e.add_argument(
         "--overwrite", action="store_true", help="replace OUTPUT (or an interrupted run) if present"
@@ -156,8 +182,16 @@ def _load_model(args: argparse.Namespace, stateful: bool = False):
         raise _UsageError("give either --model or --options with --weights, not both")
     if bool(args.options) != bool(args.weights):
         raise _UsageError("--options and --weights go together")
+    engine = {"device": getattr(args, "device", None)}
+    for name, key in (("engine", "engine"), ("precision", "dtype"), ("cache_size", "cache_size")):
+        if getattr(args, name, None) is not None:
+            engine[key] = getattr(args, name)
+    if engine.get("cache_size", 0) < 0:
+        raise _UsageError(f"--cache-size: expected an integer >= 0, found {engine['cache_size']}")
+    if engine.get("engine") == "plain" and engine.get("dtype", "float32") != "float32":
+        raise _UsageError(f"--precision {engine['dtype']} needs the fast engine, not --engine plain")
     if args.options:
-        return elmo.load(args.options, args.weights, stateful=stateful, device=getattr(args, "device", None))
+        return elmo.load(args.options, args.weights, stateful=stateful, **engine)
     if not model or (model == "default" and not Path(model).exists()):
         from elmo.default_model import default_model_dir
 
@@ -168,7 +202,7 @@ def _load_model(args: argparse.Namespace, stateful: bool = False):
         if not is_model_name(model):
             raise FileNotFoundError(not_found_message(model))
         model = download_model(model, progress=False if getattr(args, "quiet", False) else None)
-    return elmo.load(model, stateful=stateful, device=getattr(args, "device", None))
+    return elmo.load(model, stateful=stateful, **engine)
 
 
 class _Reporter:

@@ -20,8 +20,7 @@ from torch import Tensor, nn
 from elmo import embedder
 from elmo.chars import batch_to_char_ids
 from elmo.config import ElmoConfig
-from elmo.engine import DEFAULT_CACHE_SIZE, ENGINES, FastBiLM
-from elmo.engine.precision import PRECISIONS
+from elmo.engine import DEFAULT_CACHE_SIZE, FastBiLM, engine_for
 from elmo.inputs import split_sentences, tokens_to_lists
 from elmo.mix import ScalarMix
 from elmo.model import BiLMOutput, ElmoBiLM, LayerState
@@ -131,19 +130,14 @@ class ElmoModule(nn.Module):
         cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
         super().__init__()
-        if engine not in ENGINES:
-            raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, found {engine!r}")
-        if dtype not in PRECISIONS:
-            raise ValueError(f"dtype: expected one of {', '.join(PRECISIONS)}, found {dtype!r}")
-        if engine == "plain" and dtype != "float32":
-            raise ValueError(f"dtype={dtype!r} needs the fast engine; the plain model computes in float32")
+        fast = engine_for(bilm, engine, dtype, cache_size)
         self.bilm = bilm
         self.mix = ScalarMix(bilm.num_layers)
         self.stateful = stateful
         self.finetune = finetune
         self.engine = engine
         self._state = CarriedState()
-        self._fast = None if engine == "plain" else FastBiLM(bilm, dtype, cache_size)
+        self._fast = fast
 
     @property
     def config(self) -> ElmoConfig:

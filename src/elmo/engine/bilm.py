@@ -36,6 +36,8 @@ __all__ = ["DEFAULT_CACHE_SIZE", "FastBiLM"]
 # Distinct tokens kept by default: 32,768 rows of P floats (64 MB for the original model,
 # 16 MB for the small one). Covers the frequent vocabulary of most corpora.
 DEFAULT_CACHE_SIZE = 32768
+# Values of the ``engine`` option of :func:`elmo.load` and :class:`elmo.ElmoModule`.
+ENGINES = ("auto", "fast", "plain")
 # Bound on the input-product block of one layer ([2, rows, 4H]), in bytes.
 BLOCK_BYTES = 64 * 2**20
 
@@ -48,6 +50,28 @@ class _Weights:
         self.layers = [
             LayerWeights(f, b, precision) for f, b in zip(plain.forward_layers, plain.backward_layers)
         ]
+
+
+def engine_for(
+    bilm: ElmoBiLM, engine: str = "auto", dtype: str = "float32", cache_size: int = DEFAULT_CACHE_SIZE
+) -> FastBiLM | None:
+    """The fast engine for ``bilm`` as the ``engine``/``dtype`` options ask (None: plain).
+
+    ``engine``: ``"auto"`` or ``"fast"`` (a :class:`FastBiLM`; callers run the plain model
+    anyway while gradients must flow into the biLM) or ``"plain"``. Invalid combinations
+    raise ``ValueError`` naming the option.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, found {engine!r}")
+    if dtype not in PRECISIONS:
+        raise ValueError(f"dtype: expected one of {', '.join(PRECISIONS)}, found {dtype!r}")
+    if engine == "plain":
+        if dtype != "float32":
+            raise ValueError(f"dtype={dtype!r} needs the fast engine; the plain model computes in float32")
+        return None
+    if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+        raise ValueError(f"cache_size: expected an int >= 0, found {cache_size!r}")
+    return FastBiLM(bilm, dtype, cache_size)
 
 
 class FastBiLM:
