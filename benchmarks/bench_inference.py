@@ -457,14 +457,19 @@ def main() -> None:
     extra_tables: list[str] = []
     for size in a.sizes:
         model = _model(size)
-        common = [
-            "--sentences",
-            str(sentences),
-            "--batch-size",
-            str(a.batch_size),
-            "--threads",
-            str(a.threads),
-        ]
+
+        def run_args(batch_size: int) -> list[str]:
+            """The arguments every system gets: the sentences, the batch size, the threads."""
+            return [
+                "--sentences",
+                str(sentences),
+                "--batch-size",
+                str(batch_size),
+                "--threads",
+                str(a.threads),
+            ]
+
+        common = run_args(a.batch_size)
         rows = []
         if not a.no_plain:
             rows.append((worker("speed", size, model, common, engine="plain"), None))
@@ -497,7 +502,7 @@ def main() -> None:
                 fast32 = rows[(0 if a.no_plain else 1) + a.dtypes.index("float32")][0]
                 points.append((a.batch_size, fast32, peer))
             for bs in a.batch_compare:
-                at = [*common[:2], "--batch-size", str(bs), *common[4:]]
+                at = run_args(bs)
                 points.append(
                     (bs, worker("speed", size, model, at, engine="fast", dtype="float32"), allennlp(at))
                 )
