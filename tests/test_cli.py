@@ -138,13 +138,21 @@ def _interrupted_run(tmp_path: Path, src: Path, out: Path, extra: list[str], sig
 
 
 @pytest.mark.parametrize(
-    ("mode", "sig"),
-    [("stateless", signal.SIGKILL), ("stateful", signal.SIGKILL), ("stateless", signal.SIGINT)],
+    ("mode", "sig", "engine"),
+    [
+        ("stateless", signal.SIGKILL, "plain"),
+        ("stateful", signal.SIGKILL, "plain"),
+        ("stateless", signal.SIGINT, "plain"),
+        ("stateless", signal.SIGKILL, "fast"),
+    ],
 )
-def test_resume_after_interruption_equals_a_full_run(tmp_path, small_model_dir, mode, sig):
+def test_resume_after_interruption_equals_a_full_run(tmp_path, small_model_dir, mode, sig, engine):
+    """Bit for bit with the plain model; to float32 rounding with the fast engine, whose
+    products round differently from run to run when the CPU is shared."""
     lines = [" ".join(s) for s in reference_sentences()] * 8  # 336 lines
     src = _write_lines(tmp_path / "in.txt", lines)
     args = ["--model", str(small_model_dir), "--batch-size", "8", "--shard-size", "32", "--layers", "top"]
+    args += ["--engine", engine]
     if mode == "stateful":
         args.append("--stateful")
     full = tmp_path / "full.hdf5"
@@ -161,7 +169,10 @@ def test_resume_after_interruption_equals_a_full_run(tmp_path, small_model_dir, 
     a, b = _read(full), _read(out)
     assert sorted(a) == sorted(b)
     for key in a:
-        assert np.array_equal(a[key], b[key]), key
+        if engine == "plain" or key == "sentence_to_index":
+            assert np.array_equal(a[key], b[key]), key
+        else:
+            assert np.abs(a[key] - b[key]).max(initial=0.0) <= 1e-5, key
     assert not out.with_name("out.hdf5.partial").exists()
 
 

@@ -282,12 +282,6 @@ def embed_file(module: ElmoModule, job: EmbedJob, progress: Progress | None = No
             chunk = [s for _, s in zip(range(shard_size), lines)]
             if not chunk:
                 break
-            if module.fast is not None:
-                # A token's cached representation carries the rounding of the batch it was
-                # computed in; starting each shard with an empty cache makes a shard's output
-                # depend on that shard alone, so a resumed run equals an uninterrupted one bit
-                # for bit.
-                module.fast.cache.clear()
             name = f"shard-{len(manifest['shards']):06d}.hdf5"
             tokens = _write_shard(module, job, chunk, done, partial / name, progress)
             done += len(chunk)
