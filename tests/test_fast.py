@@ -13,8 +13,9 @@ import elmo
 from conftest import random_model, reference_sentences
 from elmo.chars import batch_to_char_ids
 from elmo.engine import FastBiLM, TokenCache
+from elmo.engine.precision import StackedLinear
 from elmo.engine.recurrent import PackedBatch
-from elmo.model import ElmoBiLM, LayerState
+from elmo.model import MIN_ROWS, ElmoBiLM, LayerState
 
 OUTPUTS = ("word_emb", "lstm_outputs1", "lstm_outputs2", "elmo", "default")
 TOL = 1e-5
@@ -266,6 +267,58 @@ def test_packed_batch_layout():
     fwd, bwd = packed.positions(6, torch.device("cpu"))
     assert fwd[0].tolist() == [2, 6, 10, 15, 15, 15]  # original row 0 is sorted row 2
     assert bwd[0].tolist() == [10, 6, 2, 15, 15, 15]
+
+
+@pytest.mark.filterwarnings("ignore:dtype='bfloat16'")
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_stacked_products_columns_are_independent(precision):
+    """A column's result does not depend on how many columns (>= MIN_ROWS) share the product,
+    with or without the addition inside it: what exact caching and batching rest on."""
+    torch.manual_seed(0)
+    w, x, add = torch.randn(2, 256, 64), torch.randn(2, 64, 80), torch.randn(2, 256, 80)
+    lin = StackedLinear((w[0], w[1]), None, precision)
+    dt = lin.weight.dtype
+    add = add.to(dt)
+
+    def run(cols: int, with_add: bool) -> torch.Tensor:
+        out = torch.empty(2, 256, cols, dtype=dt)
+        return lin(x[:, :, :cols], out, add=add[:, :, :cols] if with_add else None)[:, :, :MIN_ROWS]
+
+    for with_add in (False, True):
+        want = run(MIN_ROWS, with_add)
+        for cols in (17, 23, 64, 80):
+            assert torch.equal(run(cols, with_add), want), (cols, with_add)
+    # and the product itself: W x (+ add)
+    ref = torch.einsum("doi,dic->doc", w, x[:, :, :MIN_ROWS].float()) + add[:, :, :MIN_ROWS].float()
+    assert _diff(run(MIN_ROWS, True).float(), ref) <= (1e-4 if precision == "float32" else 0.5)
+
+
+@pytest.mark.filterwarnings("ignore:dtype='bfloat16'")
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8"])
+def test_stacked_products_add(precision):
+    """``out = W x + add`` with ``add`` another tensor or ``out`` itself (filled beforehand)."""
+    torch.manual_seed(1)
+    w, x, add = torch.randn(2, 96, 32) / 4, torch.randn(2, 32, 20), torch.randn(2, 96, 20)
+    want = torch.einsum("doi,dic->doc", w, x) + add
+    lin = StackedLinear((w[0], w[1]), None, precision)
+    dt = lin.weight.dtype if lin.weight is not None else torch.float32
+    tol = {"float32": 1e-5, "bfloat16": 0.1, "int8": 0.1}[precision]
+    other = lin(x, torch.empty(2, 96, 20, dtype=dt), add=add.to(dt))
+    same = add.to(dt).clone()
+    lin(x, same, add=same)
+    assert _diff(other.float(), want) <= tol and _diff(same.float(), want) <= tol
+
+
+def test_token_products_per_batch_equal_per_block(small_bilm, monkeypatch):
+    """First layer: one product over the batch's distinct tokens, or (over the memory bound)
+    one per block of steps, give the same numbers bit for bit."""
+    ids = batch_to_char_ids(reference_sentences()[:12])
+    whole = FastBiLM(small_bilm, cache_size=0)(ids)
+    monkeypatch.setattr("elmo.engine.recurrent.TOKEN_PRODUCT_BYTES", 0)
+    monkeypatch.setattr("elmo.engine.bilm.BLOCK_BYTES", 1)  # and one step per block
+    blocked = FastBiLM(small_bilm, cache_size=0)(ids)
+    for a, b in zip(whole.layers, blocked.layers):
+        assert torch.equal(a, b)
 
 
 def test_token_cache_is_lru():

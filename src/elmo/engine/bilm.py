@@ -13,8 +13,11 @@ Where the time goes, and what is done about it:
   encoded once, and a bounded LRU cache (:class:`~elmo.engine.cache.TokenCache`) keeps
   the results across batches; the convolutions are unfolded into matrix products.
 - LSTMs: sequences are packed (no step is spent on padding or on finished sentences),
-  forward and backward run together, input products of whole blocks of steps are one
-  product each, and the first layer's input product is taken once per distinct token.
+  forward and backward run together, activations are feature-major (the layout in which
+  BLAS runs a time step's narrow products fastest), input products of whole blocks of
+  steps are one product each, the first layer's input product is taken once per
+  distinct token of the batch, and the input part of each step's gates is summed
+  inside the recurrent product.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from torch import Tensor
 from elmo.engine.cache import TokenCache
 from elmo.engine.encoder import FastTokenEncoder
 from elmo.engine.precision import PRECISIONS, activation_dtype, native_bfloat16
-from elmo.engine.recurrent import LayerWeights, PackedBatch, run_layer
+from elmo.engine.recurrent import LayerWeights, PackedBatch, TokenInputs, run_layer
 from elmo.model import BiLMOutput, ElmoBiLM, LayerState
 
 __all__ = ["DEFAULT_CACHE_SIZE", "FastBiLM"]
@@ -38,7 +41,7 @@ __all__ = ["DEFAULT_CACHE_SIZE", "FastBiLM"]
 DEFAULT_CACHE_SIZE = 32768
 # Values of the ``engine`` option of :func:`elmo.load` and :class:`elmo.ElmoModule`.
 ENGINES = ("auto", "fast", "plain")
-# Bound on the input-product block of one layer ([2, rows, 4H]), in bytes.
+# Bound on the input-product block of one layer ([2, 4H, rows]), in bytes.
 BLOCK_BYTES = 64 * 2**20
 
 
@@ -156,13 +159,12 @@ class FastBiLM:
             self.cache.store([keys[i] for i in miss_pos], encoded)
         return table, torch.from_numpy(inverse.reshape(-1).astype(np.int64)).to(device)
 
-    def _block_buffer(self, rows: int, width: int) -> Tensor:
-        """The input-product block, kept between calls (a fresh large allocation costs page faults)."""
-        need = 2 * rows * width
-        if self._block is None or self._block.numel() < need or self._block.device != self._device:
-            # Zeros, not garbage: rows past a block's end are read (their results dropped).
-            self._block = torch.zeros(need, dtype=self.dtype, device=self._device)
-        return self._block[:need].view(2, rows, width)
+    def _workspace(self, numel: int) -> Tensor:
+        """A flat buffer for input products, kept between calls (fresh large allocations page-fault)."""
+        if self._block is None or self._block.numel() < numel or self._block.device != self._device:
+            # Zeros, not garbage: columns past a block's end are read (their results dropped).
+            self._block = torch.zeros(numel, dtype=self.dtype, device=self._device)
+        return self._block
 
     def _empty(self, device: torch.device, steps: int, keep_boundaries: bool) -> BiLMOutput:
         """The output for a batch of no rows."""
@@ -215,7 +217,7 @@ class FastBiLM:
 
         packed = PackedBatch.build([n + 2 for n in lengths], device)
         fwd_tokens, bwd_tokens = packed.gather_order(index)
-        layer_input: Tensor | tuple[Tensor, Tensor] = (table, torch.stack([fwd_tokens, bwd_tokens]))
+        layer_input: Tensor | TokenInputs = TokenInputs(table, torch.stack([fwd_tokens, bwd_tokens]))
 
         rank = torch.tensor(packed.rank, dtype=torch.long, device=device)
         order = torch.tensor(packed.order, dtype=torch.long, device=device)
@@ -232,11 +234,11 @@ class FastBiLM:
                 h0 = torch.stack([s.forward_h, s.backward_h]).to(device).index_select(1, order)
                 c0 = torch.stack([s.forward_c, s.backward_c]).to(device).index_select(1, order)
             out, h_last, c_last = run_layer(
-                layer, packed, layer_input, h0, c0, self.dtype, block_rows, self._block_buffer
+                layer, packed, layer_input, h0, c0, self.dtype, block_rows, self._workspace
             )
             if lstm.use_skip_connections and k > 0:
                 assert isinstance(layer_input, Tensor)
-                out[:, : packed.total] += layer_input[:, : packed.total]
+                out[:, :, : packed.total] += layer_input[:, :, : packed.total]
             h_last, c_last = h_last.index_select(1, rank), c_last.index_select(1, rank)
             final.append(LayerState(h_last[0], c_last[0], h_last[1], c_last[1]))
             outputs.append(out)
@@ -254,8 +256,8 @@ class FastBiLM:
         f_idx = torch.where(keep, fwd_pos[:, first:last], packed.total).reshape(-1)
         b_idx = torch.where(keep, bwd_pos[:, first:last], packed.total).reshape(-1)
         for out in outputs:
-            both = torch.empty(batch, last - first, 2 * proj, device=device)
-            both[..., :proj] = out[0].index_select(0, f_idx).view(batch, last - first, proj)
-            both[..., proj:] = out[1].index_select(0, b_idx).view(batch, last - first, proj)
-            layers.append(both)
+            both = torch.empty(batch * (last - first), 2 * proj, device=device)
+            both[:, :proj] = out[0].index_select(1, f_idx).t()
+            both[:, proj:] = out[1].index_select(1, b_idx).t()
+            layers.append(both.view(batch, last - first, 2 * proj))
         return BiLMOutput(layers=layers, mask=keep, state=final)

@@ -1,10 +1,12 @@
 """Matrix products in the engine's precisions: float32, bfloat16, int8 (dynamic quantization).
 
 Every big product of the model goes through :class:`Linear` (one ``x @ W + b``) or
-:class:`StackedLinear` (the forward and backward directions' ``x[d] @ W[d]`` in one call).
+:class:`StackedLinear` (the forward and backward directions' products of the recurrence
+in one call, in feature-major layout).
 The precision decides the weight format and the dtype of the results:
 
-- ``float32``: the plain model's weights, used as they are (views, no copy).
+- ``float32``: the plain model's weights, used as they are (views, no copy) in
+  :class:`Linear`, as contiguous transposed copies in :class:`StackedLinear`.
 - ``bfloat16``: bfloat16 copies of the weights; inputs are cast to bfloat16 and the
   results are bfloat16. Fast where the hardware multiplies bfloat16 natively (AMX,
   AVX-512 BF16, recent GPUs); elsewhere slower than float32.
@@ -87,6 +89,14 @@ def _quantized_engine() -> str:
     raise RuntimeError(f"int8: this PyTorch build has no x86 quantized backend (found {engines})")
 
 
+def _reduce_range() -> bool:
+    """Whether int8 activations must use 7 bits: x86 CPUs without VNNI multiply u8 x s8 pairs
+    with a saturating 16-bit sum (``vpmaddubsw``), which overflows with full 8-bit inputs
+    (measured on an AVX2 CPU: 5x the error, per-token cosine 0.97). With VNNI, 8 bits."""
+    check = getattr(torch.cpu, "_is_vnni_supported", None)
+    return not (check is not None and check())
+
+
 class Linear:
     """``x @ weight + bias`` for 2-D ``x`` in one precision; ``weight`` is ``[in, out]``."""
 
@@ -131,8 +141,7 @@ class Linear:
     def _apply(self, x: Tensor, out: Tensor | None = None) -> Tensor:
         _executed[0] += 2 * x.shape[0] * self.in_features * self.out_features
         if self._packed is not None:
-            # reduce_range=False: the x86 backend has no overflow problem without it.
-            return torch.ops.quantized.linear_dynamic(x.float().contiguous(), self._packed, False)
+            return torch.ops.quantized.linear_dynamic(x.float().contiguous(), self._packed, _reduce_range())
         x = x.to(self.weight.dtype)
         if self.bias is None:
             return torch.mm(x, self.weight, out=out) if out is not None else torch.mm(x, self.weight)
@@ -142,36 +151,77 @@ class Linear:
 
 
 class StackedLinear:
-    """The two directions' products ``x[d] @ weight[d]`` (no bias) as one batched product.
+    """The two directions' products in feature-major layout: ``y[d] = W[d] x[d] (+ b[d])``.
 
-    ``weights`` are the two ``[in, out]`` matrices. float32 and bfloat16 stack them into
-    one ``[2, in, out]`` tensor for ``torch.bmm``; int8 runs two quantized products.
+    The recurrence keeps its activations feature-major (``[2, features, rows]``, one
+    column per sequence row): with the long weight dimension as the rows of the product,
+    BLAS runs the narrow products of a time step (tens of rows) markedly faster than in
+    the row-major ``x @ W`` form, and one column's result does not depend on the other
+    columns (given at least :data:`elmo.model.MIN_ROWS` of them, which callers ensure).
+
+    ``weights`` are the two ``[out, in]`` matrices (transposes of the file layout's
+    ``[in, out]``); ``biases`` two ``[out]`` vectors or None. float32 and bfloat16 keep
+    them as one contiguous ``[2, out, in]`` tensor for ``torch.bmm``; int8 runs two
+    quantized row-major products on transposed copies of the inputs.
     """
 
-    def __init__(self, weights: tuple[Tensor, Tensor], precision: str) -> None:
+    def __init__(
+        self, weights: tuple[Tensor, Tensor], biases: tuple[Tensor, Tensor] | None, precision: str
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, found {precision!r}")
         self.precision = precision
+        self.out_features, self.in_features = weights[0].shape
         if precision == "int8":
-            self._parts = [Linear(w, None, precision) for w in weights]
-            self.weight = None
+            # Linear wants [in, out]; it quantizes per output feature.
+            self._parts = [
+                Linear(w.t(), None if biases is None else biases[d], precision) for d, w in enumerate(weights)
+            ]
+            self.weight = self.bias = None
         else:
             dtype = activation_dtype(precision)
-            self.weight = torch.stack([w.detach().to(dtype) for w in weights])
             self._parts = None
+            self.weight = torch.stack([w.detach().to(dtype) for w in weights]).contiguous()
+            self.bias = (
+                None if biases is None else torch.stack([b.detach().to(dtype) for b in biases]).unsqueeze(2)
+            )
 
     def __call__(self, x: Tensor, out: Tensor, add: Tensor | None = None) -> Tensor:
-        """``out[d] = x[d] @ weight[d] (+ add[d])`` for ``x`` [2, rows, in], rows >= MIN_ROWS."""
+        """``out[d] = W[d] @ x[d] (+ b[d]) (+ add[d])`` for ``x`` [2, in, cols], ``out`` [2, out, cols].
+
+        ``add`` (same shape as ``out``, any strides, or ``out`` itself) is summed inside the
+        product (BLAS's ``C = A B + C``), which saves a pass over ``out``; not together
+        with a bias.
+        """
         if self._parts is not None:
-            # (the int8 parts count their own products)
             for d in range(2):
-                out[d].copy_(self._parts[d](x[d]))
-            return out if add is None else out.add_(add)
-        _executed[0] += 2 * x.shape[0] * x.shape[1] * x.shape[2] * self.weight.shape[2]
-        if add is None:
-            return torch.bmm(x, self.weight, out=out)
-        if FUSED_ADD[self.precision]:
-            return torch.baddbmm(add, x, self.weight, out=out)
-        return torch.bmm(x, self.weight, out=out).add_(add)
+                if add is out:
+                    out[d].add_(self.one(d, x[d]))
+                else:
+                    self.one(d, x[d], out[d])
+                    if add is not None:
+                        out[d].add_(add[d])
+            return out
+        _executed[0] += 2 * 2 * x.shape[2] * self.in_features * self.out_features
+        x = x.to(self.weight.dtype)
+        if add is not None:
+            assert self.bias is None
+            return torch.baddbmm(add, self.weight, x, out=out)
+        if self.bias is None:
+            return torch.bmm(self.weight, x, out=out)
+        return torch.baddbmm(self.bias, self.weight, x, out=out)
 
-
-# Whether ``baddbmm`` (the addition fused into the product) beats ``bmm`` + ``add_``.
-FUSED_ADD = {"float32": False, "bfloat16": True}
+    def one(self, d: int, x: Tensor, out: Tensor | None = None) -> Tensor:
+        """Direction ``d`` alone: ``W[d] @ x (+ b[d])`` for ``x`` [in, cols] -> [out, cols]."""
+        if self._parts is not None:
+            # (the int8 part counts its own product)
+            result = self._parts[d](x.t().contiguous()).t()
+            return result.contiguous() if out is None else out.copy_(result)
+        _executed[0] += 2 * x.shape[1] * self.in_features * self.out_features
+        x = x.to(self.weight.dtype)
+        w = self.weight[d]
+        if self.bias is None:
+            return torch.mm(w, x) if out is None else torch.mm(w, x, out=out)
+        if out is None:
+            return torch.addmm(self.bias[d], w, x)
+        return torch.addmm(self.bias[d], w, x, out=out)

@@ -5,9 +5,14 @@ then concerns the first ``n_t`` rows only, and the packed sequence stores step `
 rows contiguously at ``offsets[t] : offsets[t] + n_t`` (time major, like PyTorch's
 ``PackedSequence``): ``sum(lengths)`` rows, no padding. The backward direction reads
 each row reversed; reversed rows have the same lengths, so both directions share one
-packing and are stacked as ``[2, rows, .]`` tensors, direction 0 forward, 1 backward.
+packing and are stacked: direction 0 forward, 1 backward.
 A layer's packed output is directly the next layer's packed input, in both directions:
 no reordering between layers.
+
+Layout. Activations are feature-major: ``[2, features, rows]``, one column per packed
+row, and every product is ``W x`` with the weight's long output dimension as the rows of
+the product (see :class:`~elmo.engine.precision.StackedLinear`). Step ``t``'s rows are
+the columns ``offsets[t] : offsets[t] + n_t``.
 
 Per step, per layer: one batched product for the recurrent input of both directions,
 the gate nonlinearities in place, one batched product for the projection. The
@@ -23,10 +28,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from elmo.engine.precision import Linear, StackedLinear
+from elmo.engine.precision import StackedLinear
 from elmo.model import FORGET_BIAS, MIN_ROWS, LSTMLayer
 
-__all__ = ["LayerWeights", "PackedBatch", "run_layer"]
+__all__ = ["LayerWeights", "PackedBatch", "TokenInputs", "run_layer", "slack_columns"]
 
 
 @dataclass
@@ -102,11 +107,24 @@ class PackedBatch:
         return srt.t()[valid.t()], rev.t()[valid.t()]
 
 
-class LayerWeights:
-    """One biLSTM layer's weights for the engine, in one precision.
+@dataclass
+class TokenInputs:
+    """The first layer's input: each packed row is a token of the batch's token table.
 
-    ``inputs[d]``: ``x @ W_x + b`` with the forget bias folded into ``b``; ``hidden``:
-    ``h @ W_h`` for both directions; ``projection``: ``m @ W_p`` for both directions.
+    ``table`` [U, P]: the batch's distinct tokens' representations (row-major); ``index``
+    [2, total]: the table row of each packed row, per direction.
+    """
+
+    table: Tensor
+    index: Tensor
+
+
+class LayerWeights:
+    """One biLSTM layer's weights for the engine, in one precision, feature-major.
+
+    ``inputs``: ``W_x x + b`` with the forget bias folded into ``b``; ``hidden``:
+    ``W_h h``; ``projection``: ``W_p m``; each for both directions (see
+    :class:`~elmo.engine.precision.StackedLinear`).
     """
 
     def __init__(self, forward: LSTMLayer, backward: LSTMLayer, precision: str) -> None:
@@ -115,18 +133,22 @@ class LayerWeights:
         dim = forward.projection.shape[0]
         self.cells = dim
         self.width = forward.projection.shape[1]
-        self.inputs = []
+        biases = []
         for layer in (forward, backward):
             bias = layer.bias.detach().clone()
             bias[2 * dim : 3 * dim] += FORGET_BIAS  # gates i, j, f, o: f is the third block
-            self.inputs.append(Linear(layer.kernel[: layer.input_dim], bias, precision))
-        self.hidden = StackedLinear(
-            (forward.kernel[forward.input_dim :], backward.kernel[backward.input_dim :]), precision
+            biases.append(bias)
+        layers = (forward, backward)
+        self.inputs = StackedLinear(
+            tuple(layer.kernel[: layer.input_dim].t() for layer in layers), tuple(biases), precision
         )
-        self.projection = StackedLinear((forward.projection, backward.projection), precision)
+        self.hidden = StackedLinear(
+            tuple(layer.kernel[layer.input_dim :].t() for layer in layers), None, precision
+        )
+        self.projection = StackedLinear(tuple(layer.projection.t() for layer in layers), None, precision)
 
 
-# Row counts of the recurrent products are rounded up to a multiple of this: oneDNN
+# Column counts of the recurrent products are rounded up to a multiple of this: oneDNN
 # generates (JIT) a bfloat16 kernel per distinct shape, and a sorted batch's shrinking
 # row count would otherwise make one per step at first; 16 rows is also one AMX tile.
 ROW_ALIGN = {torch.bfloat16: 16}
@@ -134,6 +156,11 @@ ROW_ALIGN = {torch.bfloat16: 16}
 
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def _columns(n: int, align: int) -> int:
+    """Columns a product over ``n`` rows runs with: at least MIN_ROWS, a multiple of ``align``."""
+    return _round_up(max(n, MIN_ROWS), align)
 
 
 def _step_blocks(batch: PackedBatch, rows_per_block: int) -> list[tuple[int, int]]:
@@ -149,137 +176,184 @@ def _step_blocks(batch: PackedBatch, rows_per_block: int) -> list[tuple[int, int
     return blocks
 
 
+def slack_columns(align: int) -> int:
+    """Zero columns a layer's packed output carries past its padding column.
+
+    The next layer's input products read up to ``_columns(n) - n`` columns past a block.
+    """
+    return MIN_ROWS + align
+
+
+# Bound on the first layer's input products of a batch's distinct tokens ([2, 4H, U]),
+# in bytes; a batch with more distinct tokens has them computed per block of steps.
+TOKEN_PRODUCT_BYTES = 256 * 2**20
+
+
+def _token_products(weights: LayerWeights, inputs: TokenInputs, align: int) -> Tensor | None:
+    """The first layer's input products of every distinct token, ``[2, 4H, U]`` (or None).
+
+    Natural text repeats tokens within a batch, so this is much less work than one
+    product column per packed row. None if it would take more than TOKEN_PRODUCT_BYTES.
+    """
+    table = inputs.table
+    rows = table.shape[0]
+    size = 2 * 4 * weights.cells * _columns(rows, align) * table.element_size()
+    if size > TOKEN_PRODUCT_BYTES:
+        return None
+    columns = _token_columns(table, torch.arange(rows, device=table.device), align)
+    out = table.new_empty(2, 4 * weights.cells, columns.shape[1])
+    for d in range(2):
+        weights.inputs.one(d, columns, out=out[d])
+    return out
+
+
 def _input_products(
     weights: LayerWeights,
-    inputs: Tensor | tuple[Tensor, Tensor],
-    start: int,
-    stop: int,
+    inputs: Tensor | TokenInputs,
+    first: int,
+    end: int,
     out: Tensor,
     align: int,
+    tokens: Tensor | None = None,
 ) -> None:
-    """``out[d] = input_d[start:stop] @ W_x[d] + b[d]`` for the packed rows of one block.
+    """``out[d][:, :end - first] = W_x[d] input_d[first:end] + b[d]`` for the rows of one block.
 
-    ``inputs`` is either the packed layer input ``[2, total + slack, in]`` or, for the first
-    layer, ``(table, index)``: token representations ``[U, in]`` and packed token indices
-    ``[2, total]``. Then the product is taken once per distinct token of the block and
-    gathered (exactly the same rows as a full product, since rows are independent).
-    Products have a multiple of ``align`` rows (extra rows read the inputs' slack or repeat
-    a token; ``out`` must have room), for the reason given at :data:`ROW_ALIGN`.
+    ``inputs`` is either the packed layer input ``[2, in, total + 1 + slack]`` (feature-major)
+    or, for the first layer, :class:`TokenInputs`. Then the columns are gathered from
+    ``tokens`` (:func:`_token_products`) or, without it, the product is taken once per
+    distinct token of the block: exactly the numbers of a full product either way, since
+    columns are independent. ``out`` is ``[2, 4H, cols]`` with ``cols`` =
+    ``_columns(end - first, align)``; columns past ``end - first`` get values that are
+    finite and unused.
     """
-    rows = _round_up(stop - start, align)
+    if not isinstance(inputs, TokenInputs):
+        weights.inputs(inputs[:, :, first : first + out.shape[2]], out=out)
+        return
+    index = inputs.index[:, first:end]
     for d in range(2):
-        if isinstance(inputs, tuple):
-            table, index = inputs
-            unique, inverse = torch.unique(index[d, start:stop], return_inverse=True)
-            padded = _round_up(unique.shape[0], align)
-            if padded != unique.shape[0]:
-                unique = torch.cat([unique, unique.new_zeros(padded - unique.shape[0])])
-            product = weights.inputs[d](table.index_select(0, unique))
-            torch.index_select(product, 0, inverse, out=out[d, : stop - start])
+        if tokens is None:
+            unique, inverse = torch.unique(index[d], return_inverse=True)
+            product = weights.inputs.one(d, _token_columns(inputs.table, unique, align))
         else:
-            weights.inputs[d](inputs[d, start : start + rows], out=out[d, :rows])
+            product, inverse = tokens[d], index[d]
+        torch.index_select(product, 1, inverse, out=out[d, :, : end - first])
+
+
+def _token_columns(table: Tensor, rows: Tensor, align: int) -> Tensor:
+    """``table[rows]`` transposed (``[in, cols]``), padded with row 0 to a product's columns."""
+    cols = _columns(rows.shape[0], align)
+    if cols != rows.shape[0]:
+        rows = torch.cat([rows, rows.new_zeros(cols - rows.shape[0])])
+    return table.index_select(0, rows).t()
 
 
 def run_layer(
     weights: LayerWeights,
     batch: PackedBatch,
-    inputs: Tensor | tuple[Tensor, Tensor],
+    inputs: Tensor | TokenInputs,
     h0: Tensor | None,
     c0: Tensor | None,
     dtype: torch.dtype,
     rows_per_block: int,
-    block_buffer: Callable[[int, int], Tensor] | None = None,
+    workspace: Callable[[int], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Run one biLSTM layer over a packed batch.
+    """Run one biLSTM layer over a packed batch, feature-major.
 
     ``inputs``: see :func:`_input_products`. ``h0`` [2, B, P] and ``c0`` [2, B, H] are the
-    initial states in sorted row order (None: zero). ``block_buffer(rows, width)`` may
-    provide the ``[2, rows, width]`` workspace of the input products. Returns the packed outputs
-    ``[2, total + 1 + slack, P]`` (row ``total`` is zero, for gathers of padding positions) and the
-    final ``h`` [2, B, P] and ``c`` [2, B, H] of every row (float32, sorted order).
+    initial states in sorted row order (None: zero). ``workspace(numel)`` may provide a
+    flat buffer (zero-initialized once; its contents are finite) for the input products.
+    Returns the packed outputs ``[2, P, total + 1 + slack]`` (column ``total`` and the
+    :func:`slack_columns` after it are zero: gathers of padding positions read column
+    ``total``) and the final ``h`` [2, B, P] and ``c`` [2, B, H] of every row (float32,
+    sorted order).
     """
     rows = len(batch.order)
     cells, width = weights.cells, weights.width
-    device = (inputs[0] if isinstance(inputs, tuple) else inputs).device
+    device = (inputs.table if isinstance(inputs, TokenInputs) else inputs).device
     align = ROW_ALIGN.get(dtype, 1)
-    # One zero row past the end (gathers of padding positions), and slack rows (zero) that
-    # the next layer's aligned input products may read.
-    out = torch.zeros(2, batch.total + 1 + align, width, dtype=dtype, device=device)
+    out = torch.zeros(2, width, batch.total + 1 + slack_columns(align), dtype=dtype, device=device)
     # The cell state stays float32 in every precision: it accumulates over the whole
-    # sentence. Rows past the active prefix are not touched, so they keep their final values.
-    c = torch.zeros(2, rows, cells, device=device) if c0 is None else c0.float().clone()
-    # Products read and write at least MIN_ROWS rows (rows past the active ones are stale
-    # but finite, and their results are dropped), so buffers have at least that many.
-    cap = _round_up(max(rows, MIN_ROWS), align)
+    # sentence. Columns past the active prefix are not touched, so they keep their final values.
+    cap = _columns(rows, align)
+    c = torch.zeros(2, cells, cap, device=device)
+    if c0 is not None:
+        c[:, :, :rows] = c0.transpose(1, 2)
     # h of the previous step is the previous projection's result: two buffers used in turn,
-    # written as contiguous [2, m, P] (a strided product output is slower) and read as
-    # [:, :m'] views (strided inputs are not).
+    # written as contiguous [2, P, cols] and read as [:, :, :cols'] views.
     h_bufs = [torch.zeros(2 * cap * width, dtype=dtype, device=device) for _ in range(2)]
-    h_prev = h_bufs[1].view(2, cap, width)
+    h_prev = h_bufs[1].view(2, width, cap)
     if h0 is not None:
-        h_prev[:, :rows] = h0.to(dtype)
+        h_prev[:, :, :rows] = h0.transpose(1, 2).to(dtype)
     fresh = h0 is None
-    gates_buf = torch.empty(2 * cap * 4 * cells, dtype=dtype, device=device)
-    gates32 = None if dtype == torch.float32 else torch.empty(2, cap, 4 * cells, device=device)
-    m_buf = torch.zeros(2, cap, cells, dtype=dtype, device=device)  # o * tanh(c)
-    m32 = None if dtype == torch.float32 else torch.empty(2, cap, cells, device=device)
+    gates_buf = torch.zeros(2 * cap * 4 * cells, dtype=dtype, device=device)
+    gates32 = None if dtype == torch.float32 else torch.zeros(2 * cap * 4 * cells, device=device)
+    m_buf = torch.zeros(2 * cap * cells, dtype=dtype, device=device)  # o * tanh(c)
+    m32 = None if dtype == torch.float32 else torch.zeros(2 * cap * cells, device=device)
     cell_clip, proj_clip = weights.cell_clip, weights.proj_clip
     hidden, projection = weights.hidden, weights.projection
     blocks = _step_blocks(batch, rows_per_block)
-    largest = max(batch.offsets[b - 1] + batch.counts[b - 1] - batch.offsets[a] for a, b in blocks)
-    # Slack rows: a step's product may add up to `cap - n` rows past its own (dropped results).
-    if block_buffer is None:
-        block_buf = torch.zeros(2, largest + cap, 4 * cells, dtype=dtype, device=device)
-    else:
-        block_buf = block_buffer(largest + cap, 4 * cells)
+    spans = [(batch.offsets[a], batch.offsets[b - 1] + batch.counts[b - 1]) for a, b in blocks]
+    need = 2 * 4 * cells * max(_columns(end - first, align) for first, end in spans)
+    block_flat = torch.zeros(need, dtype=dtype, device=device) if workspace is None else workspace(need)
 
     # Views for a step of n active rows, made once per distinct n (a sorted batch has few),
     # so that a step costs its arithmetic calls and little else.
     views: dict[int, _StepViews] = {}
-    for start, stop in blocks:
-        first, end = batch.offsets[start], batch.offsets[stop - 1] + batch.counts[stop - 1]
-        _input_products(weights, inputs, first, end, block_buf, align)
+    tokens = _token_products(weights, inputs, align) if isinstance(inputs, TokenInputs) else None
+    for (start, stop), (first, end) in zip(blocks, spans):
+        block = block_flat[: 2 * 4 * cells * _columns(end - first, align)].view(2, 4 * cells, -1)
+        _input_products(weights, inputs, first, end, block, align, tokens)
         for t in range(start, stop):
             n = batch.counts[t]
             v = views.get(n)
             if v is None:
                 v = views[n] = _StepViews(n, align, cells, width, gates_buf, gates32, c, m_buf, m32, h_bufs)
             lo = batch.offsets[t] - first
+            x_t = block[:, :, lo : lo + n]
             if fresh and t == 0:
-                # Zero initial state: h @ W_h adds exactly nothing.
-                v.gates.copy_(block_buf[:, lo : lo + n])
+                # Zero initial state: W_h h adds exactly nothing.
+                v.gates_active.copy_(x_t)
             else:
-                hidden(h_prev[:, : v.rows], v.product, add=block_buf[:, lo : lo + v.rows])
-            if v.gates32 is not None:
+                # gates = W_h h + x, the sum inside the product. With fewer active rows than
+                # the product's columns, x goes into the product's buffer first: the same
+                # arithmetic, so a row's result does not depend on how many rows are active.
+                if v.cols != n:
+                    v.gates_active.copy_(x_t)
+                hidden(h_prev[:, :, : v.cols], v.product, add=x_t if v.cols == n else v.product)
+            if v.g32 is not None:
                 # Nonlinearities and the cell update in float32: bfloat16 rounding of c
                 # would accumulate over the sentence.
-                v.gates32.copy_(v.gates)
+                v.g32.copy_(v.product)
             v.i.sigmoid_()
             v.j.tanh_()
             v.f.sigmoid_()
             v.o.sigmoid_()
-            v.c.mul_(v.f).addcmul_(v.i, v.j)
+            v.c.mul_(v.f[:, :, :n]).addcmul_(v.i[:, :, :n], v.j[:, :, :n])
             if cell_clip is not None:
                 v.c.clamp_(-cell_clip, cell_clip)
             if v.m32 is None:
-                torch.tanh(v.c, out=v.m).mul_(v.o)
+                torch.tanh(v.c, out=v.m).mul_(v.o[:, :, :n])
             else:
                 # One pass writes the bfloat16 result (a float32 product then a cast is two).
-                torch.mul(torch.tanh(v.c, out=v.m32), v.o, out=v.m)
+                torch.mul(torch.tanh(v.c, out=v.m32), v.o[:, :, :n], out=v.m)
             h_new = v.h[t % 2]
-            projection(v.m_rows, h_new)
-            h_t = v.h_active[t % 2]
+            projection(v.m_cols, h_new)
+            h_t = h_new[:, :, :n]
             if proj_clip is not None:
                 h_t.clamp_(-proj_clip, proj_clip)
             o_lo = batch.offsets[t]
-            out[:, o_lo : o_lo + n] = h_t
+            out[:, :, o_lo : o_lo + n] = h_t
             h_prev = h_new
-    final_h = out.index_select(1, batch.last).float()
-    return out, final_h, c
+    final_h = out.index_select(2, batch.last).transpose(1, 2).float()
+    return out, final_h, c[:, :, :rows].transpose(1, 2)
 
 
 class _StepViews:
-    """The buffers' views for a step with ``n`` active rows (``rows`` >= n in products)."""
+    """The buffers' views for a step with ``n`` active rows (``cols`` >= n in products).
+
+    Gate activations run over all ``cols`` columns (contiguous blocks; the extra columns
+    are finite and unused); the cell update only over the ``n`` active ones.
+    """
 
     def __init__(
         self,
@@ -294,16 +368,15 @@ class _StepViews:
         m32: Tensor | None,
         h_bufs: list[Tensor],
     ) -> None:
-        rows = self.rows = _round_up(max(n, MIN_ROWS), align)
-        self.product = gates_buf[: 2 * rows * 4 * cells].view(2, rows, 4 * cells)
-        self.gates = self.product[:, :n]
-        self.gates32 = None if gates32 is None else gates32[:, :n]
-        g = self.gates if gates32 is None else self.gates32
-        self.i, self.j = g[..., :cells], g[..., cells : 2 * cells]
-        self.f, self.o = g[..., 2 * cells : 3 * cells], g[..., 3 * cells :]
-        self.c = c[:, :n]
-        self.m = m_buf[:, :n]
-        self.m_rows = m_buf[:, :rows]
-        self.m32 = None if m32 is None else m32[:, :n]
-        self.h = [b[: 2 * rows * width].view(2, rows, width) for b in h_bufs]
-        self.h_active = [h[:, :n] for h in self.h]
+        cols = self.cols = _columns(n, align)
+        self.product = gates_buf[: 2 * cols * 4 * cells].view(2, 4 * cells, cols)
+        self.gates_active = self.product[:, :, :n]
+        self.g32 = None if gates32 is None else gates32[: 2 * cols * 4 * cells].view(2, 4 * cells, cols)
+        g = self.product if self.g32 is None else self.g32
+        self.i, self.j = g[:, :cells], g[:, cells : 2 * cells]
+        self.f, self.o = g[:, 2 * cells : 3 * cells], g[:, 3 * cells :]
+        self.c = c[:, :, :n]
+        self.m_cols = m_buf[: 2 * cols * cells].view(2, cells, cols)
+        self.m = self.m_cols[:, :, :n]
+        self.m32 = None if m32 is None else m32[: 2 * cols * cells].view(2, cells, cols)[:, :, :n]
+        self.h = [b[: 2 * cols * width].view(2, width, cols) for b in h_bufs]
