@@ -6,6 +6,8 @@ and tiny models); bfloat16 and int8 by per-token cosine similarity against float
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -15,7 +17,7 @@ from elmo.chars import batch_to_char_ids
 from elmo.engine import FastBiLM, TokenCache
 from elmo.engine.precision import StackedLinear
 from elmo.engine.recurrent import PackedBatch
-from elmo.model import MIN_ROWS, ElmoBiLM, LayerState
+from elmo.model import MIN_ROWS, BiLMOutput, ElmoBiLM, LayerState
 
 OUTPUTS = ("word_emb", "lstm_outputs1", "lstm_outputs2", "elmo", "default")
 TOL = 1e-5
@@ -387,3 +389,27 @@ def test_original_size_fast_equals_plain(gain):
     else:
         for a, b in zip(got.layers, want.layers):
             assert torch.allclose(a, b, rtol=1e-5, atol=2e-4)
+
+
+def _on_cpu(out: BiLMOutput) -> BiLMOutput:
+    state = [LayerState(*(x.cpu() for x in vars(s).values())) for s in out.state]
+    return BiLMOutput(layers=[a.cpu() for a in out.layers], mask=out.mask.cpu(), state=state)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("stateful", [False, True])
+def test_cuda_equals_cpu_float32(small_bilm, stateful):
+    """The same engine on CUDA, TF32 off: within 1e-5 of the CPU's float32 outputs and states."""
+    ids = batch_to_char_ids(_edge_batch())
+    state = FastBiLM(small_bilm)(ids).state if stateful else None
+    want = FastBiLM(small_bilm)(ids, state)
+    moved = copy.deepcopy(small_bilm).cuda()
+    gpu_state = None if state is None else [LayerState(*(x.cuda() for x in vars(s).values())) for s in state]
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        got = FastBiLM(moved)(ids, gpu_state)  # CPU ids: the engine moves them to the model's device
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+    assert all(a.is_cuda for a in got.layers)
+    _assert_close_outputs(_on_cpu(got), want)
