@@ -11,11 +11,13 @@ The precision decides the weight format and the dtype of the results:
   results are bfloat16. Fast where the hardware multiplies bfloat16 natively (AMX,
   AVX-512 BF16, recent GPUs); elsewhere slower than float32.
 - ``int8``: weights quantized per output column to int8, activations quantized per call
-  (dynamic quantization, PyTorch's ``quantized::linear_dynamic``); results float32.
-  CPU only.
+  (dynamic quantization, PyTorch's ``quantized::linear_dynamic``; 7-bit activations on
+  CPUs without VNNI); results float32. CPU only.
 
-Every product is padded to at least :data:`elmo.model.MIN_ROWS` rows, as in the plain
-model, so that a row's result does not depend on how many other rows share the product.
+Every product covers at least :data:`elmo.model.MIN_ROWS` rows (:class:`Linear` pads
+them; callers of :class:`StackedLinear` pass at least that many columns), as in the
+plain model, so that a row's result does not depend on how many other rows share the
+product.
 """
 
 from __future__ import annotations
