@@ -22,6 +22,7 @@ product.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -91,6 +92,7 @@ def _quantized_engine() -> str:
     raise RuntimeError(f"int8: this PyTorch build has no x86 quantized backend (found {engines})")
 
 
+@functools.cache
 def _reduce_range() -> bool:
     """Whether int8 activations must use 7 bits: x86 CPUs without VNNI multiply u8 x s8 pairs
     with a saturating 16-bit sum (``vpmaddubsw``), which overflows with full 8-bit inputs

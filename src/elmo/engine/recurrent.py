@@ -31,7 +31,7 @@ from torch import Tensor
 from elmo.engine.precision import StackedLinear
 from elmo.model import FORGET_BIAS, MIN_ROWS, LSTMLayer
 
-__all__ = ["LayerWeights", "PackedBatch", "TokenInputs", "run_layer", "slack_columns"]
+__all__ = ["LayerWeights", "PackedBatch", "TokenInputs", "run_layer"]
 
 
 @dataclass
@@ -176,7 +176,7 @@ def _step_blocks(batch: PackedBatch, rows_per_block: int) -> list[tuple[int, int
     return blocks
 
 
-def slack_columns(align: int) -> int:
+def _slack_columns(align: int) -> int:
     """Zero columns a layer's packed output carries past its padding column.
 
     The next layer's input products read up to ``_columns(n) - n`` columns past a block.
@@ -263,7 +263,7 @@ def run_layer(
     initial states in sorted row order (None: zero). ``workspace(numel)`` may provide a
     flat buffer (zero-initialized once; its contents are finite) for the input products.
     Returns the packed outputs ``[2, P, total + 1 + slack]`` (column ``total`` and the
-    :func:`slack_columns` after it are zero: gathers of padding positions read column
+    :func:`_slack_columns` after it are zero: gathers of padding positions read column
     ``total``) and the final ``h`` [2, B, P] and ``c`` [2, B, H] of every row (float32,
     sorted order).
     """
@@ -271,7 +271,7 @@ def run_layer(
     cells, width = weights.cells, weights.width
     device = (inputs.table if isinstance(inputs, TokenInputs) else inputs).device
     align = ROW_ALIGN.get(dtype, 1)
-    out = torch.zeros(2, width, batch.total + 1 + slack_columns(align), dtype=dtype, device=device)
+    out = torch.zeros(2, width, batch.total + 1 + _slack_columns(align), dtype=dtype, device=device)
     # The cell state stays float32 in every precision: it accumulates over the whole
     # sentence. Columns past the active prefix are not touched, so they keep their final values.
     cap = _columns(rows, align)
@@ -328,14 +328,14 @@ def run_layer(
             v.j.tanh_()
             v.f.sigmoid_()
             v.o.sigmoid_()
-            v.c.mul_(v.f[:, :, :n]).addcmul_(v.i[:, :, :n], v.j[:, :, :n])
+            v.c.mul_(v.f_n).addcmul_(v.i_n, v.j_n)
             if cell_clip is not None:
                 v.c.clamp_(-cell_clip, cell_clip)
             if v.m32 is None:
-                torch.tanh(v.c, out=v.m).mul_(v.o[:, :, :n])
+                torch.tanh(v.c, out=v.m).mul_(v.o_n)
             else:
                 # One pass writes the bfloat16 result (a float32 product then a cast is two).
-                torch.mul(torch.tanh(v.c, out=v.m32), v.o[:, :, :n], out=v.m)
+                torch.mul(torch.tanh(v.c, out=v.m32), v.o_n, out=v.m)
             h_new = v.h[t % 2]
             projection(v.m_cols, h_new)
             h_t = h_new[:, :, :n]
@@ -375,6 +375,7 @@ class _StepViews:
         g = self.product if self.g32 is None else self.g32
         self.i, self.j = g[:, :cells], g[:, cells : 2 * cells]
         self.f, self.o = g[:, 2 * cells : 3 * cells], g[:, 3 * cells :]
+        self.i_n, self.j_n, self.f_n, self.o_n = (x[:, :, :n] for x in (self.i, self.j, self.f, self.o))
         self.c = c[:, :, :n]
         self.m_cols = m_buf[: 2 * cols * cells].view(2, cells, cols)
         self.m = self.m_cols[:, :, :n]
