@@ -166,7 +166,26 @@ def _measure(a: argparse.Namespace, name: str, device: torch.device) -> list[dic
                 row.update(_speed(run, sents, bs, device), **accuracy)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+            if a.profile and engine == "fast":
+                _profile(run, sents, max(a.batch_sizes), device, f"{name} fast {dtype}")
     return rows
+
+
+def _profile(run, sents: list[list[str]], batch_size: int, device: torch.device, title: str) -> None:
+    """Print where one batch of the longest sentences spends its time (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ids = batch_to_char_ids(sents[-batch_size:])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.no_grad():
+        run(ids)
+        _sync(device)
+        with profile(activities=activities) as prof:
+            run(ids)
+            _sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"profile: {title}, one batch of {len(ids)} of the longest sentences", flush=True)
+    print(prof.key_averages().table(sort_by=key, row_limit=15), flush=True)
 
 
 def _table(rows: list[dict]) -> str:
@@ -201,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=DTYPES)
     p.add_argument("--accuracy-limit", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", action="store_true", help="print a profile of one batch per fast system")
     p.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
     a = p.parse_args(argv)
     device = torch.device(a.device)

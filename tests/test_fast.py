@@ -14,8 +14,8 @@ import torch
 import elmo
 from conftest import random_model, reference_sentences
 from elmo.chars import batch_to_char_ids
-from elmo.engine import FastBiLM, TokenCache
-from elmo.engine.precision import StackedLinear
+from elmo.engine import FastBiLM, TokenCache, precision
+from elmo.engine.precision import Linear, native_bfloat16
 from elmo.engine.recurrent import PackedBatch
 from elmo.model import MIN_ROWS, BiLMOutput, ElmoBiLM, LayerState
 
@@ -207,18 +207,34 @@ def test_sentence_alone_equals_sentence_in_batch(small_bilm):
             assert _diff(a[0, :n], b[2, :n]) <= 1e-6
 
 
-def test_long_sentence_in_many_blocks(small_bilm, monkeypatch):
-    """Input products in many small blocks of steps equal one large block."""
+def test_long_sentence(small_bilm):
+    """A 700-step sentence beside short ones: the packed steps shrink to one active row."""
     words = [w for s in reference_sentences() for w in s]
     ids = batch_to_char_ids([(words * 2)[:700], words[:50], []])
-    whole = FastBiLM(small_bilm)(ids)
-    monkeypatch.setattr("elmo.engine.bilm.BLOCK_BYTES", 1)  # one step per block
-    blocked = FastBiLM(small_bilm)(ids)
-    for a, b in zip(whole.layers, blocked.layers):
-        assert _diff(a, b) <= 1e-6
     with torch.no_grad():
         want = small_bilm(ids)
-    _assert_close_outputs(whole, want)
+    _assert_close_outputs(FastBiLM(small_bilm)(ids), want)
+
+
+@pytest.fixture(params=["onednn", "torch"])
+def backend(request, monkeypatch):
+    """Products through oneDNN (CPUs, where PyTorch has it) or torch.addmm (GPUs' path)."""
+    if request.param == "onednn" and not precision.ONEDNN:
+        pytest.skip("this PyTorch build has no oneDNN")
+    monkeypatch.setattr(precision, "ONEDNN", request.param == "onednn")
+    return request.param
+
+
+@pytest.mark.parametrize("stateful", [False, True])
+def test_fast_equals_plain_on_each_backend(small_bilm, backend, stateful):
+    ids = batch_to_char_ids(_edge_batch())
+    state = FastBiLM(small_bilm)(batch_to_char_ids(reference_sentences()[:10])).state if stateful else None
+    fast = FastBiLM(small_bilm)
+    with torch.no_grad():
+        want = small_bilm(ids, state)
+    got = fast(ids, state)
+    assert all(lin.backend == backend for layer in fast._weights.layers for lin in layer.gates)
+    _assert_close_outputs(got, want)
 
 
 def test_weight_changes_are_picked_up(tiny_model_files):
@@ -271,56 +287,56 @@ def test_packed_batch_layout():
     assert bwd[0].tolist() == [10, 6, 2, 15, 15, 15]
 
 
-def test_stacked_products_columns_are_independent():
-    """float32: a column's result does not depend on how many columns (>= MIN_ROWS) share
-    the product, with or without the addition inside it: what exact batching rests on."""
-    precision = "float32"
+def _row_independence_cases():
+    cases = [("float32", "onednn"), ("float32", "torch")]
+    if native_bfloat16(torch.device("cpu")):
+        cases.append(("bfloat16", "onednn"))
+    return cases
+
+
+@pytest.mark.parametrize(("dtype", "which"), _row_independence_cases())
+def test_linear_rows_are_independent(dtype, which, monkeypatch):
+    """A row's result does not depend on how many rows share the product (>= MIN_ROWS, or
+    padded up to it), with and without bias: what exact batching and cache hits rest on."""
+    if which == "onednn" and not precision.ONEDNN:
+        pytest.skip("this PyTorch build has no oneDNN")
+    monkeypatch.setattr(precision, "ONEDNN", which == "onednn")
     torch.manual_seed(0)
-    w, x, add = torch.randn(2, 256, 64), torch.randn(2, 64, 80), torch.randn(2, 256, 80)
-    lin = StackedLinear((w[0], w[1]), None, precision)
-    dt = lin.weight.dtype
-    add = add.to(dt)
-
-    def run(cols: int, with_add: bool) -> torch.Tensor:
-        out = torch.empty(2, 256, cols, dtype=dt)
-        return lin(x[:, :, :cols], out, add=add[:, :, :cols] if with_add else None)[:, :, :MIN_ROWS]
-
-    for with_add in (False, True):
-        want = run(MIN_ROWS, with_add)
-        for cols in (17, 23, 64, 80):
-            assert torch.equal(run(cols, with_add), want), (cols, with_add)
-    # and the product itself: W x (+ add)
-    ref = torch.einsum("doi,dic->doc", w, x[:, :, :MIN_ROWS].float()) + add[:, :, :MIN_ROWS].float()
-    assert _diff(run(MIN_ROWS, True).float(), ref) <= 1e-4
+    w, b, x = torch.randn(512, 1024) / 20, torch.randn(1024), torch.randn(200, 512)
+    for bias in (None, b):
+        lin = Linear(w, bias, dtype)
+        assert lin.backend == which
+        want = lin(x[:MIN_ROWS])[:5]
+        for rows in (1, 5, 17, 23, 64, 80, 200):
+            k = min(rows, 5)
+            assert torch.equal(lin(x[:rows])[:k], want[:k]), (rows, bias is None)
+        ref = x[:MIN_ROWS].double() @ w.double() + (0 if bias is None else b.double())
+        tol = 1e-4 if dtype == "float32" else 0.1
+        assert _diff(lin(x[:MIN_ROWS]).double(), ref) <= tol
 
 
 @pytest.mark.filterwarnings("ignore:dtype='bfloat16'")
-@pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8"])
-def test_stacked_products_add(precision):
-    """``out = W x + add`` with ``add`` another tensor or ``out`` itself (filled beforehand)."""
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_linear_products(dtype, backend):
+    """``x @ W + b`` in every precision and backend, against float64."""
+    if dtype == "int8" and "x86" not in torch.backends.quantized.supported_engines:
+        pytest.skip("no x86 quantized backend")
     torch.manual_seed(1)
-    w, x, add = torch.randn(2, 96, 32) / 4, torch.randn(2, 32, 20), torch.randn(2, 96, 20)
-    want = torch.einsum("doi,dic->doc", w, x) + add
-    lin = StackedLinear((w[0], w[1]), None, precision)
-    dt = lin.weight.dtype if lin.weight is not None else torch.float32
-    # (int8: measured 0.073 with 7-bit activations; a wrong addition is off by |add| ~ 3)
-    tol = {"float32": 1e-5, "bfloat16": 0.1, "int8": 0.25}[precision]
-    other = lin(x, torch.empty(2, 96, 20, dtype=dt), add=add.to(dt))
-    same = add.to(dt).clone()
-    lin(x, same, add=same)
-    assert _diff(other.float(), want) <= tol and _diff(same.float(), want) <= tol
-
-
-def test_token_products_per_batch_equal_per_block(small_bilm, monkeypatch):
-    """First layer: one product over the batch's distinct tokens, or (over the memory bound)
-    one per block of steps, give the same numbers bit for bit."""
-    ids = batch_to_char_ids(reference_sentences()[:12])
-    whole = FastBiLM(small_bilm, cache_size=0)(ids)
-    monkeypatch.setattr("elmo.engine.recurrent.TOKEN_PRODUCT_BYTES", 0)
-    monkeypatch.setattr("elmo.engine.bilm.BLOCK_BYTES", 1)  # and one step per block
-    blocked = FastBiLM(small_bilm, cache_size=0)(ids)
-    for a, b in zip(whole.layers, blocked.layers):
-        assert torch.equal(a, b)
+    w, b, x = torch.randn(32, 96) / 4, torch.randn(96), torch.randn(20, 32)
+    lin = Linear(w, b, dtype)
+    assert lin.backend == (
+        "int8"
+        if dtype == "int8"
+        else "onednn"
+        if precision.ONEDNN and (dtype == "float32" or native_bfloat16(torch.device("cpu")))
+        else "torch"
+    )
+    got = lin(x)
+    assert got.dtype == (torch.bfloat16 if dtype == "bfloat16" else torch.float32)
+    want = x.double() @ w.double() + b.double()
+    # (int8: measured 0.073 with 7-bit activations; bfloat16 rounds inputs to 8 bits)
+    tol = {"float32": 1e-5, "bfloat16": 0.1, "int8": 0.25}[dtype]
+    assert _diff(got.double(), want) <= tol
 
 
 def test_token_cache_is_lru():

@@ -238,6 +238,7 @@ class ElmoBiLM(nn.Module):
     def forward(
         self, char_ids: Tensor, state: list[LayerState] | None = None, keep_boundaries: bool = False
     ) -> BiLMOutput:
+        char_ids = char_ids.to(self.token_encoder.proj_b.device)  # ids built on the CPU, a model elsewhere
         batch, steps, _ = char_ids.shape
         mask = (char_ids > 0).any(dim=2)
         lengths = mask.sum(dim=1)

@@ -12,12 +12,11 @@ Where the time goes, and what is done about it:
 - Token encoder (char CNN, highway, projection): each distinct token of a batch is
   encoded once, and a bounded LRU cache (:class:`~elmo.engine.cache.TokenCache`) keeps
   the results across batches; the convolutions are unfolded into matrix products.
-- LSTMs: sequences are packed (no step is spent on padding or on finished sentences),
-  forward and backward run together, activations are feature-major (the layout in which
-  BLAS runs a time step's narrow products fastest), input products of whole blocks of
-  steps are one product each, the first layer's input product is taken once per
-  distinct token of the batch, and the input part of each step's gates is summed
-  inside the recurrent product.
+- LSTMs: sequences are packed (no step is spent on padding or on finished sentences);
+  each step's gates, input part and recurrent part together, are one product per
+  direction over a contiguous range of rows, with the bias fused in.
+- Products: on CPUs, oneDNN inner products on weights reordered once (see
+  :mod:`elmo.engine.precision`).
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from torch import Tensor
 from elmo.engine.cache import TokenCache
 from elmo.engine.encoder import FastTokenEncoder
 from elmo.engine.precision import PRECISIONS, activation_dtype, native_bfloat16
-from elmo.engine.recurrent import LayerWeights, PackedBatch, TokenInputs, run_layer
+from elmo.engine.recurrent import LayerWeights, PackedBatch, run_layer
 from elmo.model import BiLMOutput, ElmoBiLM, LayerState
 
 __all__ = ["DEFAULT_CACHE_SIZE", "FastBiLM"]
@@ -41,8 +40,6 @@ __all__ = ["DEFAULT_CACHE_SIZE", "FastBiLM"]
 DEFAULT_CACHE_SIZE = 32768
 # Values of the ``engine`` option of :func:`elmo.load` and :class:`elmo.ElmoModule`.
 ENGINES = ("auto", "fast", "plain")
-# Bound on the input-product block of one layer ([2, 4H, rows]), in bytes.
-BLOCK_BYTES = 64 * 2**20
 
 
 class _Weights:
@@ -100,8 +97,6 @@ class FastBiLM:
         self.tokens_seen = 0
         self._weights: _Weights | None = None
         self._signature: tuple | None = None
-        self._block: Tensor | None = None
-        self._device = torch.device("cpu")
 
     @property
     def config(self):
@@ -113,7 +108,6 @@ class FastBiLM:
         if self._weights is None or signature != self._signature:
             self._weights = None  # free the old copies before making new ones
             self.cache.clear()
-            self._block = None
             device = self.plain.token_encoder.proj_b.device
             if self.precision == "bfloat16" and not native_bfloat16(device):
                 warnings.warn(
@@ -130,7 +124,7 @@ class FastBiLM:
         self, char_ids: Tensor, state: list[LayerState] | None = None, keep_boundaries: bool = False
     ) -> BiLMOutput:
         # Normal tensors even when called under torch.inference_mode(): the engine keeps
-        # tensors between calls (weights, cache, workspace) and updates them in place, which
+        # tensors between calls (weights, cache) and updates them in place, which
         # inference tensors do not allow outside inference mode.
         with torch.inference_mode(False), torch.no_grad():
             return self._forward(char_ids, state, keep_boundaries)
@@ -159,13 +153,6 @@ class FastBiLM:
             self.cache.store([keys[i] for i in miss_pos], encoded)
         return table, torch.from_numpy(inverse.reshape(-1).astype(np.int64)).to(device)
 
-    def _workspace(self, numel: int) -> Tensor:
-        """A flat buffer for input products, kept between calls (fresh large allocations page-fault)."""
-        if self._block is None or self._block.numel() < numel or self._block.device != self._device:
-            # Zeros, not garbage: columns past a block's end are read (their results dropped).
-            self._block = torch.zeros(numel, dtype=self.dtype, device=self._device)
-        return self._block
-
     def _empty(self, device: torch.device, steps: int, keep_boundaries: bool) -> BiLMOutput:
         """The output for a batch of no rows."""
         proj = self.config.lstm.projection_dim
@@ -182,7 +169,6 @@ class FastBiLM:
         weights = self._sync()
         plain = self.plain
         device = plain.token_encoder.proj_b.device
-        self._device = device
         char_ids = char_ids.to(device)
         batch, steps, _ = char_ids.shape
         mask = (char_ids > 0).any(dim=2)
@@ -217,13 +203,12 @@ class FastBiLM:
 
         packed = PackedBatch.build([n + 2 for n in lengths], device)
         fwd_tokens, bwd_tokens = packed.gather_order(index)
-        layer_input: Tensor | TokenInputs = TokenInputs(table, torch.stack([fwd_tokens, bwd_tokens]))
+        # The first layer's packed input: each packed row's token representation.
+        layer_input = torch.stack([table.index_select(0, fwd_tokens), table.index_select(0, bwd_tokens)])
 
         rank = torch.tensor(packed.rank, dtype=torch.long, device=device)
         order = torch.tensor(packed.order, dtype=torch.long, device=device)
         lstm = self.config.lstm
-        cells = lstm.dim
-        block_rows = max(16, BLOCK_BYTES // (2 * 4 * cells * self.dtype.itemsize))
         fwd_pos, bwd_pos = packed.positions(width, device)
         outputs: list[Tensor] = []
         final: list[LayerState] = []
@@ -233,16 +218,13 @@ class FastBiLM:
                 s = state[k]
                 h0 = torch.stack([s.forward_h, s.backward_h]).to(device).index_select(1, order)
                 c0 = torch.stack([s.forward_c, s.backward_c]).to(device).index_select(1, order)
-            out, h_last, c_last = run_layer(
-                layer, packed, layer_input, h0, c0, self.dtype, block_rows, self._workspace
-            )
+            out, h_last, c_last = run_layer(layer, packed, layer_input, h0, c0, self.dtype)
             if lstm.use_skip_connections and k > 0:
-                assert isinstance(layer_input, Tensor)
-                out[:, :, : packed.total] += layer_input[:, :, : packed.total]
+                out[:, : packed.total] += layer_input
             h_last, c_last = h_last.index_select(1, rank), c_last.index_select(1, rank)
             final.append(LayerState(h_last[0], c_last[0], h_last[1], c_last[1]))
             outputs.append(out)
-            layer_input = out
+            layer_input = out[:, : packed.total]
 
         # Unpack: original row order, positions in reading order, padding exactly zero.
         if keep_boundaries:
@@ -257,7 +239,7 @@ class FastBiLM:
         b_idx = torch.where(keep, bwd_pos[:, first:last], packed.total).reshape(-1)
         for out in outputs:
             both = torch.empty(batch * (last - first), 2 * proj, device=device)
-            both[:, :proj] = out[0].index_select(1, f_idx).t()
-            both[:, proj:] = out[1].index_select(1, b_idx).t()
+            both[:, :proj] = out[0].index_select(0, f_idx)
+            both[:, proj:] = out[1].index_select(0, b_idx)
             layers.append(both.view(batch, last - first, 2 * proj))
         return BiLMOutput(layers=layers, mask=keep, state=final)

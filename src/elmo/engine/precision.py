@@ -1,12 +1,9 @@
 """Matrix products in the engine's precisions: float32, bfloat16, int8 (dynamic quantization).
 
-Every big product of the model goes through :class:`Linear` (one ``x @ W + b``) or
-:class:`StackedLinear` (the forward and backward directions' products of the recurrence
-in one call, in feature-major layout).
-The precision decides the weight format and the dtype of the results:
+Every big product of the model goes through :class:`Linear` (one ``x @ W + b``). The
+precision decides the weight format and the dtype of the results:
 
-- ``float32``: the plain model's weights, used as they are (views, no copy) in
-  :class:`Linear`, as contiguous transposed copies in :class:`StackedLinear`.
+- ``float32``: float32 weights.
 - ``bfloat16``: bfloat16 copies of the weights; inputs are cast to bfloat16 and the
   results are bfloat16. Fast where the hardware multiplies bfloat16 natively (AMX,
   AVX-512 BF16, recent GPUs); elsewhere slower than float32.
@@ -14,10 +11,17 @@ The precision decides the weight format and the dtype of the results:
   (dynamic quantization, PyTorch's ``quantized::linear_dynamic``; 7-bit activations on
   CPUs without VNNI); results float32. CPU only.
 
+The backend decides how float32 and bfloat16 products run. On CPUs, with PyTorch built
+with oneDNN (:data:`ONEDNN`), the weight is reordered once into oneDNN's blocked layout
+and every product is one oneDNN inner product with the bias fused in
+(``mkldnn::_linear_pointwise``): on x86 CPUs this runs the narrow products of a time step
+several times faster than the BLAS behind ``torch.addmm``, which on CPUs other than
+Intel's may not even use their widest vector units. Elsewhere (GPUs, builds without
+oneDNN, ``ONEDNN = False``) products are ``torch.addmm`` / ``torch.mm``.
+
 Every product covers at least :data:`elmo.model.MIN_ROWS` rows (:class:`Linear` pads
-them; callers of :class:`StackedLinear` pass at least that many columns), as in the
-plain model, so that a row's result does not depend on how many other rows share the
-product.
+them), as in the plain model, so that a row's result does not depend on how many other
+rows share the product.
 """
 
 from __future__ import annotations
@@ -31,9 +35,9 @@ from torch import Tensor
 from elmo.model import MIN_ROWS
 
 __all__ = [
+    "ONEDNN",
     "PRECISIONS",
     "Linear",
-    "StackedLinear",
     "activation_dtype",
     "executed_flops",
     "native_bfloat16",
@@ -41,6 +45,17 @@ __all__ = [
 ]
 
 PRECISIONS = ("float32", "bfloat16", "int8")
+
+# Whether CPU products in float32 and bfloat16 run as oneDNN inner products on reordered
+# weights (see the module docstring). Set to False to use torch.addmm everywhere (what
+# GPUs run); it applies to Linear objects made afterwards.
+ONEDNN = (
+    torch.backends.mkldnn.is_available()
+    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+)
+# Row count oneDNN's weight layout is chosen for: the width of a time step's products.
+ONEDNN_ROWS_HINT = 64
 
 
 # Floating-point operations of all products run so far (multiply-add = 2), padding rows
@@ -102,19 +117,27 @@ def _reduce_range() -> bool:
 
 
 class Linear:
-    """``x @ weight + bias`` for 2-D ``x`` in one precision; ``weight`` is ``[in, out]``."""
+    """``x @ weight + bias`` for 2-D ``x`` in one precision; ``weight`` is ``[in, out]``.
+
+    Calls return a new tensor ``[rows, out]`` (float32 for int8, else the precision's
+    dtype). ``weight`` and ``bias`` are copied or converted; the originals may change
+    afterwards without effect.
+    """
 
     def __init__(self, weight: Tensor, bias: Tensor | None, precision: str) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, found {precision!r}")
         self.precision = precision
         self.in_features, self.out_features = weight.shape
+        self.backend = "torch"
         self._packed = None
+        self.weight = self.bias = None
+        weight = weight.detach()
         if precision == "int8":
             if weight.device.type != "cpu":
                 raise ValueError("int8: dynamic quantization runs on the CPU only; use bfloat16 on GPUs")
             _quantized_engine()
-            w = weight.detach().t().contiguous().float()  # quantized linear wants [out, in]
+            w = weight.t().contiguous().float()  # quantized linear wants [out, in]
             # Symmetric per-output-column scales: the largest weight of a column maps to 127.
             scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
             zero = torch.zeros(w.shape[0], dtype=torch.long)
@@ -124,108 +147,33 @@ class Linear:
                 warnings.simplefilter("ignore")
                 qweight = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
                 self._packed = torch.ops.quantized.linear_prepack(qweight, b)
-            self.weight = None
-            self.bias = None
+            self.backend = "int8"
+            return
+        dtype = activation_dtype(precision)
+        self.bias = None if bias is None else bias.detach().to(dtype).contiguous()
+        cpu = weight.device.type == "cpu"
+        if ONEDNN and cpu and (dtype == torch.float32 or native_bfloat16(weight.device)):
+            # oneDNN wants [out, in]; the reorder makes its own copy in its blocked layout.
+            w = weight.t().to(dtype).contiguous()
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(w, ONEDNN_ROWS_HINT)
+            self.backend = "onednn"
         else:
-            dtype = activation_dtype(precision)
-            self.weight = weight.detach().to(dtype)
-            self.bias = None if bias is None else bias.detach().to(dtype)
+            self.weight = weight.to(dtype).contiguous()
 
-    def __call__(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+    def __call__(self, x: Tensor) -> Tensor:
         """The product for ``x`` [rows, in]; rows are padded to MIN_ROWS internally."""
         rows = x.shape[0]
         if rows < MIN_ROWS:
-            result = self._apply(pad_rows(x))[:rows]
-            return result if out is None else out.copy_(result)
-        if out is not None and self._packed is None:
-            return self._apply(x, out)
-        result = self._apply(x)
-        return result if out is None else out.copy_(result)
+            return self._apply(pad_rows(x))[:rows]
+        return self._apply(x)
 
-    def _apply(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+    def _apply(self, x: Tensor) -> Tensor:
         _executed[0] += 2 * x.shape[0] * self.in_features * self.out_features
-        if self._packed is not None:
+        if self.backend == "int8":
             return torch.ops.quantized.linear_dynamic(x.float().contiguous(), self._packed, _reduce_range())
         x = x.to(self.weight.dtype)
+        if self.backend == "onednn":
+            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.weight, self.bias, "none", [], "")
         if self.bias is None:
-            return torch.mm(x, self.weight, out=out) if out is not None else torch.mm(x, self.weight)
-        if out is not None:
-            return torch.addmm(self.bias, x, self.weight, out=out)
+            return torch.mm(x, self.weight)
         return torch.addmm(self.bias, x, self.weight)
-
-
-class StackedLinear:
-    """The two directions' products in feature-major layout: ``y[d] = W[d] x[d] (+ b[d])``.
-
-    The recurrence keeps its activations feature-major (``[2, features, rows]``, one
-    column per sequence row): with the long weight dimension as the rows of the product,
-    BLAS runs the narrow products of a time step (tens of rows) markedly faster than in
-    the row-major ``x @ W`` form, and one column's result does not depend on the other
-    columns (given at least :data:`elmo.model.MIN_ROWS` of them, which callers ensure).
-
-    ``weights`` are the two ``[out, in]`` matrices (transposes of the file layout's
-    ``[in, out]``); ``biases`` two ``[out]`` vectors or None. float32 and bfloat16 keep
-    them as one contiguous ``[2, out, in]`` tensor for ``torch.bmm``; int8 runs two
-    quantized row-major products on transposed copies of the inputs.
-    """
-
-    def __init__(
-        self, weights: tuple[Tensor, Tensor], biases: tuple[Tensor, Tensor] | None, precision: str
-    ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, found {precision!r}")
-        self.precision = precision
-        self.out_features, self.in_features = weights[0].shape
-        if precision == "int8":
-            # Linear wants [in, out]; it quantizes per output feature.
-            self._parts = [
-                Linear(w.t(), None if biases is None else biases[d], precision) for d, w in enumerate(weights)
-            ]
-            self.weight = self.bias = None
-        else:
-            dtype = activation_dtype(precision)
-            self._parts = None
-            self.weight = torch.stack([w.detach().to(dtype) for w in weights]).contiguous()
-            self.bias = (
-                None if biases is None else torch.stack([b.detach().to(dtype) for b in biases]).unsqueeze(2)
-            )
-
-    def __call__(self, x: Tensor, out: Tensor, add: Tensor | None = None) -> Tensor:
-        """``out[d] = W[d] @ x[d] (+ b[d]) (+ add[d])`` for ``x`` [2, in, cols], ``out`` [2, out, cols].
-
-        ``add`` (same shape as ``out``, any strides, or ``out`` itself) is summed inside the
-        product (BLAS's ``C = A B + C``), which saves a pass over ``out``; not together
-        with a bias.
-        """
-        if self._parts is not None:
-            for d in range(2):
-                if add is out:
-                    out[d].add_(self.one(d, x[d]))
-                else:
-                    self.one(d, x[d], out[d])
-                    if add is not None:
-                        out[d].add_(add[d])
-            return out
-        _executed[0] += 2 * 2 * x.shape[2] * self.in_features * self.out_features
-        x = x.to(self.weight.dtype)
-        if add is not None:
-            assert self.bias is None
-            return torch.baddbmm(add, self.weight, x, out=out)
-        if self.bias is None:
-            return torch.bmm(self.weight, x, out=out)
-        return torch.baddbmm(self.bias, self.weight, x, out=out)
-
-    def one(self, d: int, x: Tensor, out: Tensor | None = None) -> Tensor:
-        """Direction ``d`` alone: ``W[d] @ x (+ b[d])`` for ``x`` [in, cols] -> [out, cols]."""
-        if self._parts is not None:
-            # (the int8 part counts its own product)
-            result = self._parts[d](x.t().contiguous()).t()
-            return result.contiguous() if out is None else out.copy_(result)
-        _executed[0] += 2 * x.shape[1] * self.in_features * self.out_features
-        x = x.to(self.weight.dtype)
-        w = self.weight[d]
-        if self.bias is None:
-            return torch.mm(w, x) if out is None else torch.mm(w, x, out=out)
-        if out is None:
-            return torch.addmm(self.bias[d], w, x)
-        return torch.addmm(self.bias[d], w, x, out=out)
