@@ -2,7 +2,7 @@
 
     python benchmarks/bench_inference.py --peer PEER_VENV/bin/python \\
         [--sizes small original] [--limit 300] [--batch-size 64] [--threads 2] \\
-        [--dtypes float32 bfloat16 int8] [--sweep] [--profile] [--append]
+        [--dtypes float32 bfloat16 int8] [--repeat 3] [--sweep] [--profile] [--append]
 
 Side by side (always): same weights (``make_random_elmo.py --seed 1 --gain 1``), same
 sentences (the first ``--limit`` lines of ``make_sentences.py --n 2000 --seed 0``), same
@@ -19,6 +19,11 @@ similarity with float32 (mean and minimum over tokens, worst layer).
 
 ``--sweep``: tokens/s of the fast engine (``--sweep-engines``) against batch size and
 against sentence length, cache emptied before each point.
+
+``--repeat N``: the fast engine's and AllenNLP's speed runs are made N times, the systems
+taking turns round after round (a shared machine's load changes over minutes); the main
+table shows each system's median run, and a second table every run with each round's
+ratio to AllenNLP.
 
 ``--batch-compare N ...``: the fast engine (float32) and AllenNLP side by side again at
 other batch sizes, on the same sentences, so that each can be compared at its best.
@@ -409,6 +414,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dtypes", nargs="+", default=list(ALL_DTYPES), choices=ALL_DTYPES)
     p.add_argument("--no-plain", action="store_true", help="skip the plain model's speed row")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of the fast engine's and AllenNLP's speed runs, in turn; the table shows each "
+        "system's median run, and a second table every run",
+    )
     p.add_argument("--accuracy-limit", type=int, default=64)
     p.add_argument("--sweep", action="store_true", help="tokens/s against batch size and sentence length")
     p.add_argument("--sweep-engines", nargs="+", default=["fast"], choices=["fast", "plain"])
@@ -480,13 +492,6 @@ def main() -> None:
             ]
 
         common = run_args(a.batch_size)
-        rows = []
-        if not a.no_plain:
-            rows.append((worker("speed", size, model, common, engine="plain"), None))
-        for dtype in a.dtypes:
-            speed = worker("speed", size, model, common, engine="fast", dtype=dtype)
-            acc = worker("accuracy", size, model, common, dtype=dtype, accuracy_limit=a.accuracy_limit)
-            rows.append((speed, acc))
 
         def allennlp(common: list[str], model: Path = model, size: str = size) -> dict:
             peer_cmd = [a.peer, str(TOOLS / "peer" / "bench_allennlp.py"), "--options"]
@@ -495,9 +500,25 @@ def main() -> None:
             print(json.dumps({"model": size, "measure": "speed", **r}))
             return r
 
+        # Speed: the fast engine in each precision and AllenNLP take turns, round after
+        # round, so that a change in the machine's load hits them alike.
+        runs: dict[str, list[dict]] = {d: [] for d in a.dtypes}
+        if a.peer:
+            runs["allennlp"] = []
+        for _ in range(a.repeat):
+            for dtype in a.dtypes:
+                runs[dtype].append(worker("speed", size, model, common, engine="fast", dtype=dtype))
+            if a.peer:
+                runs["allennlp"].append(allennlp(common))
+        rows = []
+        if not a.no_plain:
+            rows.append((worker("speed", size, model, common, engine="plain"), None))
+        for dtype in a.dtypes:
+            acc = worker("accuracy", size, model, common, dtype=dtype, accuracy_limit=a.accuracy_limit)
+            rows.append((_median_run(runs[dtype]), acc))
         peer = None
         if a.peer:
-            peer = allennlp(common)
+            peer = _median_run(runs["allennlp"])
             rows.append((peer, None))
         for r, acc in rows:
             ratio = f"{r['tokens_per_s'] / peer['tokens_per_s']:.2f}x" if peer else "n/a"
@@ -506,11 +527,12 @@ def main() -> None:
                 f"| {size} | {r['system']} | {r['tokens_per_s']} | {r['sentences_per_s']} | "
                 f"{r['peak_rss_mb']} | {ratio} | {hits} | {_accuracy_cell(acc)} |"
             )
+        if a.repeat > 1:
+            extra_tables += _runs_table(size, runs)
         if a.peer and a.batch_compare:
             points = []
             if "float32" in a.dtypes:
-                fast32 = rows[(0 if a.no_plain else 1) + a.dtypes.index("float32")][0]
-                points.append((a.batch_size, fast32, peer))
+                points.append((a.batch_size, _median_run(runs["float32"]), peer))
             for bs in a.batch_compare:
                 at = run_args(bs)
                 points.append(
@@ -545,10 +567,41 @@ def _cmd_args(a: argparse.Namespace) -> list[str]:
         args.append("--peer PEER_VENV/bin/python")
     args += [f"--sizes {' '.join(a.sizes)}", f"--limit {a.limit}", f"--batch-size {a.batch_size}"]
     args += [f"--threads {a.threads}", f"--dtypes {' '.join(a.dtypes)}"]
+    if a.no_plain:
+        args.append("--no-plain")
+    if a.repeat > 1:
+        args.append(f"--repeat {a.repeat}")
     if a.batch_compare:
         args.append(f"--batch-compare {' '.join(map(str, a.batch_compare))}")
     args += [flag for flag, on in (("--sweep", a.sweep), ("--profile", a.profile)) if on]
     return args
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median tokens/s (the lower middle one of an even count)."""
+    ordered = sorted(runs, key=lambda r: r["tokens_per_s"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def _runs_table(size: str, runs: dict[str, list[dict]]) -> list[str]:
+    """Every speed run of each system, and each round's ratio to AllenNLP's run of that round."""
+    n = len(next(iter(runs.values())))
+    out = ["", f"Every speed run, {size} model, in the order run (each round: the systems in turn):", ""]
+    out += ["| system | " + " | ".join(f"round {k + 1}" for k in range(n)) + " | median |"]
+    out += ["|---|" + "---|" * (n + 1)]
+    peer = runs.get("allennlp")
+    for name, system_runs in runs.items():
+        cells = []
+        for k, r in enumerate(system_runs):
+            cell = f"{r['tokens_per_s']}"
+            if peer is not None and name != "allennlp":
+                cell += f" ({r['tokens_per_s'] / peer[k]['tokens_per_s']:.2f}x)"
+            cells.append(cell)
+        label = system_runs[0]["system"]
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {_median_run(system_runs)['tokens_per_s']} |")
+    if peer is not None:
+        out += ["", "(in parentheses: against AllenNLP's run of the same round)"]
+    return out
 
 
 def _batch_compare_table(size: str, points: list[tuple[int, dict, dict]]) -> list[str]:

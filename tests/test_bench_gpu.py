@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from types import ModuleType
 
-from conftest import ROOT
-
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "benchmarks" / "bench_gpu.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 def test_runs_and_reports_accuracy_against_the_cpu_reference(capsys) -> None:
-    bench = _bench()
+    bench = load_benchmark("bench_gpu")
     args = ["--device", "cpu", "--models", "default", "--sentences", "12", "--batch-sizes", "8"]
     assert bench.main([*args, "--dtypes", "float32", "--accuracy-limit", "4"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
@@ -29,7 +19,7 @@ def test_runs_and_reports_accuracy_against_the_cpu_reference(capsys) -> None:
 
 
 def test_synthetic_inputs_are_seeded_and_the_original_size_model_is_scaled() -> None:
-    bench = _bench()
+    bench = load_benchmark("bench_gpu")
     a, b = bench._sentences(20, 3), bench._sentences(20, 3)
     assert a == b and all(5 <= len(s) <= 60 for s in a) and a != bench._sentences(20, 4)
     config = bench.ElmoConfig.from_dict(bench.ORIGINAL)

@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ALLENNLP, ROOT, SHARED
+from conftest import ALLENNLP, SHARED, load_benchmark
 from elmo.mix import ScalarMix
 
 EWT = SHARED / "data" / "ud-english-ewt"
 
 
-def _load_probe() -> ModuleType:
-    """The benchmark script as a module (benchmarks/ is not a package)."""
-    name = "pos_probe"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "pos_probe.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-pp = _load_probe()
+pp = load_benchmark("pos_probe")
 
 CONLLU = """\
 # sent_id = one
