@@ -120,8 +120,9 @@ class Linear:
     """``x @ weight + bias`` for 2-D ``x`` in one precision; ``weight`` is ``[in, out]``.
 
     Calls return a new tensor ``[rows, out]`` (float32 for int8, else the precision's
-    dtype). ``weight`` and ``bias`` are copied or converted; the originals may change
-    afterwards without effect.
+    dtype). ``backend`` says how products run: ``"onednn"`` (a reordered copy of the
+    weight), ``"torch"`` (``torch.addmm``; float32 contiguous weights are used as they
+    are, without a copy) or ``"int8"`` (a quantized copy).
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None, precision: str) -> None:
