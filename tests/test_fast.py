@@ -15,7 +15,7 @@ import elmo
 from conftest import random_model, reference_sentences
 from elmo.chars import batch_to_char_ids
 from elmo.engine import FastBiLM, TokenCache, precision
-from elmo.engine.precision import Linear, native_bfloat16
+from elmo.engine.precision import Linear, PairLinear, native_bfloat16
 from elmo.engine.recurrent import PackedBatch
 from elmo.model import MIN_ROWS, BiLMOutput, ElmoBiLM, LayerState
 
@@ -233,7 +233,9 @@ def test_fast_equals_plain_on_each_backend(small_bilm, backend, stateful):
     with torch.no_grad():
         want = small_bilm(ids, state)
     got = fast(ids, state)
-    assert all(lin.backend == backend for layer in fast._weights.layers for lin in layer.gates)
+    for layer in fast._weights.layers:
+        # the torch backend (GPUs' path) runs both directions in one batched product
+        assert layer.backend == backend and layer.paired == (backend == "torch")
     _assert_close_outputs(got, want)
 
 
@@ -337,6 +339,19 @@ def test_linear_products(dtype, backend):
     # (int8: measured 0.073 with 7-bit activations; bfloat16 rounds inputs to 8 bits)
     tol = {"float32": 1e-5, "bfloat16": 0.1, "int8": 0.25}[dtype]
     assert _diff(got.double(), want) <= tol
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_pair_linear_is_two_products(bias):
+    """Both directions in one batched product (the torch backend's step), padded rows too."""
+    torch.manual_seed(2)
+    w, b, x = torch.randn(2, 48, 80) / 7, torch.randn(2, 80), torch.randn(2, 20, 48)
+    pair = PairLinear((w[0], w[1]), (b[0], b[1]) if bias else None, "float32")
+    for rows in (3, 20):
+        got = pair(x[:, :rows])
+        assert got.shape == (2, rows, 80)
+        want = x[:, :rows].double() @ w.double() + (b.double().unsqueeze(1) if bias else 0)
+        assert _diff(got.double(), want) <= 1e-5
 
 
 def test_token_cache_is_lru():

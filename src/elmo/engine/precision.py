@@ -38,7 +38,9 @@ __all__ = [
     "ONEDNN",
     "PRECISIONS",
     "Linear",
+    "PairLinear",
     "activation_dtype",
+    "backend_for",
     "executed_flops",
     "native_bfloat16",
     "pad_rows",
@@ -116,6 +118,16 @@ def _reduce_range() -> bool:
     return not (check is not None and check())
 
 
+def backend_for(precision: str, device: torch.device) -> str:
+    """How products in ``precision`` run on ``device``: ``"onednn"``, ``"torch"`` or ``"int8"``."""
+    if precision == "int8":
+        return "int8"
+    cpu = device.type == "cpu"
+    if ONEDNN and cpu and (precision == "float32" or native_bfloat16(device)):
+        return "onednn"
+    return "torch"
+
+
 class Linear:
     """``x @ weight + bias`` for 2-D ``x`` in one precision; ``weight`` is ``[in, out]``.
 
@@ -152,12 +164,11 @@ class Linear:
             return
         dtype = activation_dtype(precision)
         self.bias = None if bias is None else bias.detach().to(dtype).contiguous()
-        cpu = weight.device.type == "cpu"
-        if ONEDNN and cpu and (dtype == torch.float32 or native_bfloat16(weight.device)):
+        self.backend = backend_for(precision, weight.device)
+        if self.backend == "onednn":
             # oneDNN wants [out, in]; the reorder makes its own copy in its blocked layout.
             w = weight.t().to(dtype).contiguous()
             self.weight = torch.ops.mkldnn._reorder_linear_weight(w, ONEDNN_ROWS_HINT)
-            self.backend = "onednn"
         else:
             self.weight = weight.to(dtype).contiguous()
 
@@ -178,3 +189,35 @@ class Linear:
         if self.bias is None:
             return torch.mm(x, self.weight)
         return torch.addmm(self.bias, x, self.weight)
+
+
+class PairLinear:
+    """Two products of the same shape in one batched call: ``x[d] @ weight[d] + bias[d]``.
+
+    For the ``"torch"`` backend (GPUs): one ``torch.baddbmm`` for both LSTM directions,
+    half the kernel launches of two :class:`Linear` calls. ``weights`` are two ``[in,
+    out]`` matrices, ``biases`` two ``[out]`` vectors or None; float32 or bfloat16.
+    """
+
+    backend = "torch"
+
+    def __init__(self, weights: tuple[Tensor, Tensor], biases: tuple[Tensor, Tensor] | None, precision: str):
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision: expected float32 or bfloat16, found {precision!r}")
+        dtype = activation_dtype(precision)
+        self.in_features, self.out_features = weights[0].shape
+        self.weight = torch.stack([w.detach().to(dtype) for w in weights])
+        self.bias = (
+            None if biases is None else torch.stack([b.detach().to(dtype) for b in biases]).unsqueeze(1)
+        )
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """``[2, rows, in]`` -> ``[2, rows, out]``; rows are padded to MIN_ROWS internally."""
+        rows = x.shape[1]
+        if rows < MIN_ROWS:
+            return self(pad_rows(x))[:, :rows]
+        _executed[0] += 2 * 2 * rows * self.in_features * self.out_features
+        x = x.to(self.weight.dtype)
+        if self.bias is None:
+            return torch.bmm(x, self.weight)
+        return torch.baddbmm(self.bias, x, self.weight)

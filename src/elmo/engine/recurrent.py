@@ -9,14 +9,16 @@ packing and are stacked: direction 0 forward, 1 backward (``[2, rows, features]`
 A layer's packed output is directly the next layer's packed input, in both directions:
 no reordering between layers.
 
-One product per step and direction for the gates. The packed layer input and, beside it,
+One product per step (and direction) for the gates. The packed layer input and, beside it,
 each row's previous output ``h`` are kept in one matrix ``[x | h]`` (``[rows, in + P]``):
 step ``t``'s gates are that matrix's rows ``offsets[t] : offsets[t] + n_t`` times the
 whole LSTM kernel (the file layout's ``[in + P, 4H]``), bias included: one well-shaped
 product over a contiguous row range, with no input copied. The step writes its output
 ``h`` into the rows of step ``t + 1``. Then the gate nonlinearities in place (the kernel's
 gate columns are reordered so that the three sigmoid gates are one block), the cell
-update, and one product for the projection.
+update, and one product for the projection. On CPUs the products run per direction
+(oneDNN, int8); on GPUs both directions share each batched product, which halves the
+kernel launches that set the pace there.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from elmo.engine.precision import Linear
+from elmo.engine.precision import Linear, PairLinear, backend_for
 from elmo.model import FORGET_BIAS, MIN_ROWS, LSTMLayer
 
 __all__ = ["LayerWeights", "PackedBatch", "run_layer"]
@@ -106,11 +108,14 @@ class PackedBatch:
 
 
 class LayerWeights:
-    """One biLSTM layer's weights for the engine, in one precision, per direction.
+    """One biLSTM layer's weights for the engine, in one precision.
 
-    ``gates[d]``: ``[x, h] W + b`` with the forget bias folded into ``b`` and the gate
-    columns reordered from the file's i, j, f, o to i, f, o, j (sigmoid gates first);
-    ``projection[d]``: ``m W_p``. Direction 0 is forward, 1 backward.
+    The gates' product is ``[x, h] W + b`` with the forget bias folded into ``b`` and the
+    gate columns reordered from the file's i, j, f, o to i, f, o, j (sigmoid gates
+    first); the projection's is ``m W_p``. Direction 0 is forward, 1 backward. With the
+    ``"torch"`` backend (GPUs) both directions run in one batched product
+    (:class:`~elmo.engine.precision.PairLinear`, ``paired``); otherwise (oneDNN, int8) one
+    :class:`~elmo.engine.precision.Linear` per direction.
     """
 
     def __init__(self, forward: LSTMLayer, backward: LSTMLayer, precision: str) -> None:
@@ -121,16 +126,39 @@ class LayerWeights:
         self.width = forward.projection.shape[1]
         self.input_dim = forward.input_dim
         blocks = [slice(k * cells, (k + 1) * cells) for k in (0, 2, 3, 1)]  # i, f, o, j
-        self.gates: list[Linear] = []
-        self.projection: list[Linear] = []
+        kernels, biases, projections = [], [], []
         for layer in (forward, backward):
             kernel = layer.kernel.detach()
             bias = layer.bias.detach().clone()
             bias[2 * cells : 3 * cells] += FORGET_BIAS  # gates i, j, f, o: f is the third block
-            kernel = torch.cat([kernel[:, b] for b in blocks], dim=1)
-            bias = torch.cat([bias[b] for b in blocks])
-            self.gates.append(Linear(kernel, bias, precision))
-            self.projection.append(Linear(layer.projection, None, precision))
+            kernels.append(torch.cat([kernel[:, b] for b in blocks], dim=1))
+            biases.append(torch.cat([bias[b] for b in blocks]))
+            projections.append(layer.projection.detach())
+        self.paired = backend_for(precision, forward.kernel.device) == "torch"
+        if self.paired:
+            self._gates = PairLinear((kernels[0], kernels[1]), (biases[0], biases[1]), precision)
+            self._projection = PairLinear((projections[0], projections[1]), None, precision)
+            self.groups = [slice(0, 2)]
+        else:
+            self._gates = [Linear(k, b, precision) for k, b in zip(kernels, biases)]
+            self._projection = [Linear(w, None, precision) for w in projections]
+            self.groups = [slice(0, 1), slice(1, 2)]
+
+    @property
+    def backend(self) -> str:
+        return self._gates.backend if self.paired else self._gates[0].backend
+
+    def gates(self, group: int, xh: Tensor) -> Tensor:
+        """Gate pre-activations ``[D, rows, 4H]`` for ``xh`` ``[D, rows, in + P]`` of ``groups[group]``."""
+        if self.paired:
+            return self._gates(xh)
+        return self._gates[group](xh[0]).unsqueeze(0)
+
+    def projection(self, group: int, m: Tensor) -> Tensor:
+        """Outputs ``[D, rows, P]`` for ``m`` ``[D, rows, H]`` of ``groups[group]``."""
+        if self.paired:
+            return self._projection(m)
+        return self._projection[group](m[0]).unsqueeze(0)
 
 
 # Row counts of the step products are rounded up to a multiple of this: oneDNN generates
@@ -188,30 +216,30 @@ def run_layer(
     for t in range(steps):
         n, lo = batch.counts[t], batch.offsets[t]
         cols = _columns(n, align)
-        for d in range(2):
-            gates = weights.gates[d](xh[d, lo : lo + cols])[:n]
+        nxt = batch.counts[t + 1] if t + 1 < steps else 0
+        for group, ds in enumerate(weights.groups):
+            gates = weights.gates(group, xh[ds, lo : lo + cols])[:, :n]
             if gates.dtype != torch.float32:
                 # Nonlinearities and the cell update in float32: bfloat16 rounding of c
                 # would accumulate over the sentence.
                 gates = gates.float()
-            sig = gates[:, : 3 * cells].sigmoid_()
-            i, f, o = sig[:, :cells], sig[:, cells : 2 * cells], sig[:, 2 * cells :]
-            j = gates[:, 3 * cells :].tanh_()
-            c_d = c[d, :n]
+            sig = gates[:, :, : 3 * cells].sigmoid_()
+            i, f, o = sig[:, :, :cells], sig[:, :, cells : 2 * cells], sig[:, :, 2 * cells :]
+            j = gates[:, :, 3 * cells :].tanh_()
+            c_d = c[ds, :n]
             c_d.mul_(f).addcmul_(i, j)
             if cell_clip is not None:
                 c_d.clamp_(-cell_clip, cell_clip)
-            m_d = m[d, :n]
+            m_d = m[ds, :n]
             if m.dtype == torch.float32:
                 torch.tanh(c_d, out=m_d).mul_(o)
             else:
                 torch.mul(torch.tanh(c_d), o, out=m_d)
-            h = weights.projection[d](m[d, :cols])[:n]
+            h = weights.projection(group, m[ds, :cols])[:, :n]
             if proj_clip is not None:
                 h.clamp_(-proj_clip, proj_clip)
-            out[d, lo : lo + n] = h
-            if t + 1 < steps:
-                nxt = batch.counts[t + 1]
-                xh[d, lo + n : lo + n + nxt, in_dim:] = h[:nxt]
+            out[ds, lo : lo + n] = h
+            if nxt:
+                xh[ds, lo + n : lo + n + nxt, in_dim:] = h[:, :nxt]
     final_h = out.index_select(1, batch.last).float()
     return out, final_h, c
