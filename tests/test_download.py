@@ -52,6 +52,9 @@ class _Server(ThreadingHTTPServer):
             chunk=64 * 1024, delay=0, ignore_range=0, no_length=0, unavailable=0, stall=0, short_by=0, drops=0
         )
         self.log: list[tuple[str, str | None, int]] = []  # path, Range header, status
+        self.if_range: list[str | None] = []  # the If-Range header of each ranged request
+        # A strong ETag per path; a test changes one to stand for a new version of the file.
+        self.etags: dict[str, str] = {}
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
 
     def handle_error(self, request: object, client_address: object) -> None:
@@ -81,8 +84,12 @@ class _Handler(BaseHTTPRequestHandler):
             srv.log.append((self.path, requested, 503))
             self.send_error(503)
             return
+        etag = srv.etags.get(self.path, f'"{len(body)}-1"')
+        if requested:
+            srv.if_range.append(self.headers.get("If-Range"))
+        if_range = self.headers.get("If-Range")
         start = 0
-        if requested and not settings["ignore_range"]:
+        if requested and not settings["ignore_range"] and if_range in (None, etag):
             start = int(re.fullmatch(r"bytes=(\d+)-", requested).group(1))
             if start >= len(body):
                 srv.log.append((self.path, requested, 416))
@@ -96,6 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         srv.log.append((self.path, requested, 206 if start else 200))
+        self.send_header("ETag", etag)
         part = body[start:]
         if weights:
             part = part[: len(part) - int(settings["short_by"])]
@@ -153,7 +161,7 @@ def _assert_cached(cache: Path, name: str = "small") -> None:
     directory = cache / name
     assert (directory / "options.json").read_bytes() == OPTIONS
     assert (directory / "weights.hdf5").read_bytes() == WEIGHTS
-    assert not list(directory.glob("*.partial"))
+    assert not list(directory.glob("*.partial")) and not list(directory.glob("*.validator"))
 
 
 # ---------------------------------------------------------------------- normal use
@@ -229,8 +237,23 @@ def test_dropped_connection_resumes_with_range(cache, server, capsys):
         (SMALL_WEIGHTS, None, 200),
         (SMALL_WEIGHTS, "bytes=100000-", 206),
     ]
+    assert server.if_range == [f'"{len(WEIGHTS)}-1"']  # the ETag of the first response
     err = capsys.readouterr().err
     assert "connection closed after 100000 of 450896 bytes; retrying" in err
+
+
+def test_file_changed_on_the_server_starts_over(cache, server, capsys):
+    """The partial file is of another version than the server's (its kept ETag differs):
+    the server answers If-Range with the whole file, which replaces the partial one
+    instead of being joined to it."""
+    (cache / "small").mkdir(parents=True)
+    (cache / "small" / "weights.hdf5.partial").write_bytes(b"\0" * 200_000)
+    (cache / "small" / "weights.hdf5.partial.validator").write_text('"old"\n')
+    download_model("small")
+    _assert_cached(cache)
+    assert server.weight_requests() == [(SMALL_WEIGHTS, "bytes=200000-", 200)]
+    assert server.if_range == ['"old"']
+    assert "changed on the server since the partial download; starting over" in capsys.readouterr().err
 
 
 def test_partial_file_of_an_earlier_run_is_resumed(cache, server):

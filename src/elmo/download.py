@@ -10,6 +10,10 @@
   of the registered URLs: a mirror, or a local server in the tests.
 - A file is streamed to ``FILE.partial``, which later attempts (and later runs) resume
   with HTTP ``Range`` requests; dropped connections are retried with backoff. The
+  server's validator of the file (a strong ``ETag``, else ``Last-Modified``) is kept
+  beside it (``FILE.partial.validator``) and sent as ``If-Range``: if the file changed on
+  the server in between, the server sends it whole and the download starts over instead
+  of joining two versions. The
   size is checked against what the server announced (and the registry, when it knows
   it), then the structure (the options parse; the weights' datasets match the options),
   and only then is the file renamed into place. So a file in the cache is complete, and
@@ -324,6 +328,41 @@ def _reason(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
+def _validator_path(partial: Path) -> Path:
+    return partial.with_name(partial.name + ".validator")
+
+
+def _discard(partial: Path) -> None:
+    """Delete a partial file and the validator kept for it."""
+    partial.unlink(missing_ok=True)
+    _validator_path(partial).unlink(missing_ok=True)
+
+
+def _read_validator(partial: Path) -> str | None:
+    """The validator kept for ``partial`` (None: none kept, or unreadable)."""
+    try:
+        return _validator_path(partial).read_text(encoding="ascii").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _write_validator(partial: Path, headers: Any) -> None:
+    """Keep the response's validator for a partial file that starts now (or forget an old one).
+
+    ``If-Range`` needs a strong validator: an ``ETag`` not marked weak (``W/``), else the
+    ``Last-Modified`` date."""
+    etag, modified = headers.get("ETag"), headers.get("Last-Modified")
+    value = etag if etag and not etag.startswith("W/") else modified
+    path = _validator_path(partial)
+    try:
+        if value and value.isascii() and "\n" not in value:
+            path.write_text(value + "\n", encoding="ascii")
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as e:
+        raise DownloadError(f"cannot write {path}: {e.strerror}") from None
+
+
 def _content_range(value: str | None) -> tuple[int | None, int | None]:
     """(first byte, total size) of ``bytes FIRST-LAST/TOTAL`` or ``bytes */TOTAL``."""
     match = re.fullmatch(r"\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)\s*", value or "")
@@ -398,25 +437,30 @@ class _Download:
         try:
             check(partial)
         except (ConfigError, WeightsError) as e:
-            partial.unlink(missing_ok=True)
+            _discard(partial)
             raise DownloadError(
                 f"the elmo {self.model.name!r} {kind} downloaded from {url} are not valid, so they were "
                 f"deleted ({e}); is {url} the right address?"
             ) from None
         os.replace(partial, dest)
+        _validator_path(partial).unlink(missing_ok=True)
 
     def _attempt(self, kind: str, url: str, partial: Path, size: int | None) -> None:
         """One request: append to ``partial`` until the file is complete, or raise."""
         have = partial.stat().st_size if partial.exists() else 0
         if size is not None and have > size:
-            partial.unlink()
+            _discard(partial)
             have = 0
         try:
             request = urllib.request.Request(url, headers={"User-Agent": "elmo-embeddings"})
         except ValueError as e:
             raise _Fatal(f"not a URL: {e}") from None
+        validator = None
         if have:
             request.add_header("Range", f"bytes={have}-")
+            validator = _read_validator(partial)
+            if validator:
+                request.add_header("If-Range", validator)
         try:
             response = urllib.request.urlopen(request, timeout=self.timeout)
         except urllib.error.HTTPError as e:
@@ -427,7 +471,7 @@ class _Download:
                 _, total = _content_range(e.headers.get("Content-Range"))
                 if total == have and size in (None, have):
                     return
-                partial.unlink()
+                _discard(partial)
                 raise _Transient("the server could not resume the partial file; starting over") from None
             if e.code in (408, 429) or e.code >= 500:
                 raise _Transient(f"HTTP {e.code} {e.reason}") from None
@@ -438,16 +482,19 @@ class _Download:
             if status == 206:
                 first, total = _content_range(response.headers.get("Content-Range"))
                 if first != have:
-                    partial.unlink()
+                    _discard(partial)
                     raise _Transient(f"the server resumed at byte {first}, not {have}; starting over")
             else:
-                if have:
+                if have and validator:
+                    self.say(f"elmo: {url} changed on the server since the partial download; starting over")
+                elif have:
                     self.say(f"elmo: the server of {url} does not resume downloads; starting over")
                 have = 0
+                _write_validator(partial, response.headers)
                 length = response.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
             if size is not None and total is not None and total != size:
-                partial.unlink(missing_ok=True)
+                _discard(partial)
                 raise _Fatal(f"the server announces {total} bytes, the registry expects {size}")
             expected = total if total is not None else size
             self._stream(kind, response, partial, have, expected, size)
@@ -478,7 +525,7 @@ class _Download:
                 have += len(chunk)
                 bar.update(len(chunk))
         if too_big:
-            partial.unlink()
+            _discard(partial)
             raise _Fatal(f"the server sent more than the {size} bytes the registry expects")
         if expected is not None and have < expected:
             raise _Transient(f"connection closed after {have} of {expected} bytes")
