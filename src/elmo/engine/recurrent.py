@@ -14,9 +14,10 @@ each row's previous output ``h`` are kept in one matrix ``[x | h]`` (``[rows, in
 step ``t``'s gates are that matrix's rows ``offsets[t] : offsets[t] + n_t`` times the
 whole LSTM kernel (the file layout's ``[in + P, 4H]``), bias included: one well-shaped
 product over a contiguous row range, with no input copied. The step writes its output
-``h`` into the rows of step ``t + 1``. Then the gate nonlinearities in place (the kernel's
-gate columns are reordered so that the three sigmoid gates are one block), the cell
-update, and one product for the projection. On CPUs the products run per direction
+``h`` into the rows of step ``t + 1``. Then the gate nonlinearities in place, all four
+through one sigmoid (tanh(z) is 2 sigmoid(2 z) - 1; the kernel's candidate columns are
+doubled for it, and its gate columns reordered so that they come last), the cell update,
+and one product for the projection. On CPUs the products run per direction
 (oneDNN, int8); on GPUs both directions share each batched product, which halves the
 kernel launches that set the pace there.
 """
@@ -110,9 +111,9 @@ class PackedBatch:
 class LayerWeights:
     """One biLSTM layer's weights for the engine, in one precision.
 
-    The gates' product is ``[x, h] W + b`` with the forget bias folded into ``b`` and the
-    gate columns reordered from the file's i, j, f, o to i, f, o, j (sigmoid gates
-    first); the projection's is ``m W_p``. Direction 0 is forward, 1 backward. With the
+    The gates' product is ``[x, h] W + b`` with the forget bias folded into ``b``, the
+    gate columns reordered from the file's i, j, f, o to i, f, o, j, and j's columns
+    doubled; the projection's is ``m W_p``. Direction 0 is forward, 1 backward. With the
     ``"torch"`` backend (GPUs) both directions run in one batched product
     (:class:`~elmo.engine.precision.PairLinear`, ``paired``); otherwise (oneDNN, int8) one
     :class:`~elmo.engine.precision.Linear` per direction.
@@ -131,8 +132,10 @@ class LayerWeights:
             kernel = layer.kernel.detach()
             bias = layer.bias.detach().clone()
             bias[2 * cells : 3 * cells] += FORGET_BIAS  # gates i, j, f, o: f is the third block
-            kernels.append(torch.cat([kernel[:, b] for b in blocks], dim=1))
-            biases.append(torch.cat([bias[b] for b in blocks]))
+            # j's columns doubled (exact: a power of two): the step takes tanh(z) as
+            # 2 sigmoid(2 z) - 1, see run_layer.
+            kernels.append(torch.cat([kernel[:, b] for b in blocks[:3]] + [2 * kernel[:, blocks[3]]], dim=1))
+            biases.append(torch.cat([bias[b] for b in blocks[:3]] + [2 * bias[blocks[3]]]))
             projections.append(layer.projection.detach())
         self.paired = backend_for(precision, forward.kernel.device) == "torch"
         if self.paired:
@@ -211,6 +214,7 @@ def run_layer(
         c.copy_(c0)
     # o * tanh(c), the projection's input; rows past the active ones stay finite.
     m = torch.zeros(2, _columns(rows, align), cells, dtype=dtype, device=device)
+    tanh_buf = torch.empty(2, rows, cells, device=device)  # float32 scratch for tanh(c)
     cell_clip, proj_clip = weights.cell_clip, weights.proj_clip
     steps = len(batch.counts)
     for t in range(steps):
@@ -223,18 +227,20 @@ def run_layer(
                 # Nonlinearities and the cell update in float32: bfloat16 rounding of c
                 # would accumulate over the sentence.
                 gates = gates.float()
-            sig = gates[:, :, : 3 * cells].sigmoid_()
-            i, f, o = sig[:, :, :cells], sig[:, :, cells : 2 * cells], sig[:, :, 2 * cells :]
-            j = gates[:, :, 3 * cells :].tanh_()
+            # One sigmoid over all four gates. tanh(z) = 2 sigmoid(2 z) - 1, and j's
+            # pre-activation arrives doubled: PyTorch's CPU tanh is several times slower
+            # than its sigmoid (its error here: about 1e-7, absolute).
+            gates.sigmoid_()
+            i, f = gates[:, :, :cells], gates[:, :, cells : 2 * cells]
+            o, j = gates[:, :, 2 * cells : 3 * cells], gates[:, :, 3 * cells :]
+            j.mul_(2.0).sub_(1.0)
             c_d = c[ds, :n]
             c_d.mul_(f).addcmul_(i, j)
             if cell_clip is not None:
                 c_d.clamp_(-cell_clip, cell_clip)
-            m_d = m[ds, :n]
-            if m.dtype == torch.float32:
-                torch.tanh(c_d, out=m_d).mul_(o)
-            else:
-                torch.mul(torch.tanh(c_d), o, out=m_d)
+            # m = o * tanh(c), tanh again through the sigmoid.
+            t = torch.mul(c_d, 2.0, out=tanh_buf[ds, :n]).sigmoid_()
+            torch.mul(t.mul_(2.0).sub_(1.0), o, out=m[ds, :n])
             h = weights.projection(group, m[ds, :cols])[:, :n]
             if proj_clip is not None:
                 h.clamp_(-proj_clip, proj_clip)
