@@ -216,6 +216,19 @@ def test_long_sentence(small_bilm):
     _assert_close_outputs(FastBiLM(small_bilm)(ids), want)
 
 
+@pytest.mark.parametrize("by_sigmoid", [True, False])
+def test_tanh_either_way(small_bilm, monkeypatch, by_sigmoid):
+    """CPUs take the LSTM's tanh as 2 sigmoid(2 z) - 1, GPUs use tanh: both equal the plain model."""
+    monkeypatch.setattr("elmo.engine.recurrent.TANH_BY_SIGMOID", frozenset({"cpu"} if by_sigmoid else ()))
+    ids = batch_to_char_ids(_edge_batch())
+    fast = FastBiLM(small_bilm)
+    got = fast(ids)
+    assert all(layer.tanh_by_sigmoid == by_sigmoid for layer in fast._weights.layers)
+    with torch.no_grad():
+        want = small_bilm(ids)
+    _assert_close_outputs(got, want)
+
+
 @pytest.fixture(params=["onednn", "torch"])
 def backend(request, monkeypatch):
     """Products through oneDNN (CPUs, where PyTorch has it) or torch.addmm (GPUs' path)."""

@@ -14,12 +14,12 @@ each row's previous output ``h`` are kept in one matrix ``[x | h]`` (``[rows, in
 step ``t``'s gates are that matrix's rows ``offsets[t] : offsets[t] + n_t`` times the
 whole LSTM kernel (the file layout's ``[in + P, 4H]``), bias included: one well-shaped
 product over a contiguous row range, with no input copied. The step writes its output
-``h`` into the rows of step ``t + 1``. Then the gate nonlinearities in place, all four
-through one sigmoid (tanh(z) is 2 sigmoid(2 z) - 1; the kernel's candidate columns are
-doubled for it, and its gate columns reordered so that they come last), the cell update,
-and one product for the projection. On CPUs the products run per direction
-(oneDNN, int8); on GPUs both directions share each batched product, which halves the
-kernel launches that set the pace there.
+``h`` into the rows of step ``t + 1``. Then the gate nonlinearities in place (the
+kernel's gate columns are reordered so that the three sigmoid gates are one block; on
+CPUs all four go through one sigmoid, as tanh(z) = 2 sigmoid(2 z) - 1 with the candidate
+columns doubled in the kernel), the cell update, and one product for the projection.
+On CPUs the products run per direction (oneDNN, int8); on GPUs both directions share
+each batched product, which halves the kernel launches that set the pace there.
 """
 
 from __future__ import annotations
@@ -108,15 +108,21 @@ class PackedBatch:
         return srt.t()[valid.t()], rev.t()[valid.t()]
 
 
+# Devices on which the step takes tanh through the sigmoid: PyTorch's CPU tanh runs
+# several times slower than its sigmoid; on GPUs it does not, and the identity's extra
+# elementwise passes would cost kernel launches there.
+TANH_BY_SIGMOID = frozenset({"cpu"})
+
+
 class LayerWeights:
     """One biLSTM layer's weights for the engine, in one precision.
 
     The gates' product is ``[x, h] W + b`` with the forget bias folded into ``b``, the
-    gate columns reordered from the file's i, j, f, o to i, f, o, j, and j's columns
-    doubled; the projection's is ``m W_p``. Direction 0 is forward, 1 backward. With the
-    ``"torch"`` backend (GPUs) both directions run in one batched product
-    (:class:`~elmo.engine.precision.PairLinear`, ``paired``); otherwise (oneDNN, int8) one
-    :class:`~elmo.engine.precision.Linear` per direction.
+    gate columns reordered from the file's i, j, f, o to i, f, o, j, and on CPUs j's
+    columns doubled (``tanh_by_sigmoid``); the projection's is ``m W_p``. Direction 0 is
+    forward, 1 backward. With the ``"torch"`` backend (GPUs) both directions run in one
+    batched product (:class:`~elmo.engine.precision.PairLinear`, ``paired``); otherwise
+    (oneDNN, int8) one :class:`~elmo.engine.precision.Linear` per direction.
     """
 
     def __init__(self, forward: LSTMLayer, backward: LSTMLayer, precision: str) -> None:
@@ -127,15 +133,17 @@ class LayerWeights:
         self.width = forward.projection.shape[1]
         self.input_dim = forward.input_dim
         blocks = [slice(k * cells, (k + 1) * cells) for k in (0, 2, 3, 1)]  # i, f, o, j
+        self.tanh_by_sigmoid = forward.kernel.device.type in TANH_BY_SIGMOID
         kernels, biases, projections = [], [], []
         for layer in (forward, backward):
             kernel = layer.kernel.detach()
             bias = layer.bias.detach().clone()
             bias[2 * cells : 3 * cells] += FORGET_BIAS  # gates i, j, f, o: f is the third block
-            # j's columns doubled (exact: a power of two): the step takes tanh(z) as
-            # 2 sigmoid(2 z) - 1, see run_layer.
-            kernels.append(torch.cat([kernel[:, b] for b in blocks[:3]] + [2 * kernel[:, blocks[3]]], dim=1))
-            biases.append(torch.cat([bias[b] for b in blocks[:3]] + [2 * bias[blocks[3]]]))
+            # On CPUs j's columns are doubled (exact: a power of two): the step takes
+            # tanh(z) as 2 sigmoid(2 z) - 1 there, see run_layer.
+            scale = 2 if self.tanh_by_sigmoid else 1
+            kernels.append(torch.cat([kernel[:, b] for b in blocks[:3]] + [scale * kernel[:, blocks[3]]], 1))
+            biases.append(torch.cat([bias[b] for b in blocks[:3]] + [scale * bias[blocks[3]]]))
             projections.append(layer.projection.detach())
         self.paired = backend_for(precision, forward.kernel.device) == "torch"
         if self.paired:
@@ -227,20 +235,27 @@ def run_layer(
                 # Nonlinearities and the cell update in float32: bfloat16 rounding of c
                 # would accumulate over the sentence.
                 gates = gates.float()
-            # One sigmoid over all four gates. tanh(z) = 2 sigmoid(2 z) - 1, and j's
-            # pre-activation arrives doubled: PyTorch's CPU tanh is several times slower
-            # than its sigmoid (its error here: about 1e-7, absolute).
-            gates.sigmoid_()
             i, f = gates[:, :, :cells], gates[:, :, cells : 2 * cells]
             o, j = gates[:, :, 2 * cells : 3 * cells], gates[:, :, 3 * cells :]
-            j.mul_(2.0).sub_(1.0)
             c_d = c[ds, :n]
+            if weights.tanh_by_sigmoid:
+                # One sigmoid over all four gates: tanh(z) = 2 sigmoid(2 z) - 1, and j's
+                # pre-activation arrives doubled. PyTorch's CPU tanh runs several times
+                # slower than its sigmoid; the identity's error here is about 1e-7.
+                gates.sigmoid_()
+                j.mul_(2.0).sub_(1.0)
+            else:
+                gates[:, :, : 3 * cells].sigmoid_()
+                j.tanh_()
             c_d.mul_(f).addcmul_(i, j)
             if cell_clip is not None:
                 c_d.clamp_(-cell_clip, cell_clip)
-            # m = o * tanh(c), tanh again through the sigmoid.
-            t = torch.mul(c_d, 2.0, out=tanh_buf[ds, :n]).sigmoid_()
-            torch.mul(t.mul_(2.0).sub_(1.0), o, out=m[ds, :n])
+            # m = o * tanh(c)
+            if weights.tanh_by_sigmoid:
+                tanh_c = torch.mul(c_d, 2.0, out=tanh_buf[ds, :n]).sigmoid_().mul_(2.0).sub_(1.0)
+            else:
+                tanh_c = torch.tanh(c_d, out=tanh_buf[ds, :n])
+            torch.mul(tanh_c, o, out=m[ds, :n])
             h = weights.projection(group, m[ds, :cols])[:, :n]
             if proj_clip is not None:
                 h.clamp_(-proj_clip, proj_clip)
