@@ -13,11 +13,10 @@
   server's validator of the file (a strong ``ETag``, else ``Last-Modified``) is kept
   beside it (``FILE.partial.validator``) and sent as ``If-Range``: if the file changed on
   the server in between, the server sends it whole and the download starts over instead
-  of joining two versions. The
-  size is checked against what the server announced (and the registry, when it knows
-  it), then the structure (the options parse; the weights' datasets match the options),
-  and only then is the file renamed into place. So a file in the cache is complete, and
-  a file placed there by hand is used as it is.
+  of joining two versions. The size is checked against what the server announced (and
+  the registry, when it knows it), then the structure (the options parse; the weights'
+  datasets match the options), and only then is the file renamed into place. So a file
+  in the cache is complete, and a file placed there by hand is used as it is.
 - A lock per model makes concurrent processes wait for one download and reuse it.
 """
 

@@ -134,14 +134,14 @@ class LayerWeights:
         self.input_dim = forward.input_dim
         blocks = [slice(k * cells, (k + 1) * cells) for k in (0, 2, 3, 1)]  # i, f, o, j
         self.tanh_by_sigmoid = forward.kernel.device.type in TANH_BY_SIGMOID
+        # With tanh through the sigmoid j's columns are doubled (exact: a power of two);
+        # the step then takes tanh(z) as 2 sigmoid(2 z) - 1, see run_layer.
+        scale = 2 if self.tanh_by_sigmoid else 1
         kernels, biases, projections = [], [], []
         for layer in (forward, backward):
             kernel = layer.kernel.detach()
             bias = layer.bias.detach().clone()
             bias[2 * cells : 3 * cells] += FORGET_BIAS  # gates i, j, f, o: f is the third block
-            # On CPUs j's columns are doubled (exact: a power of two): the step takes
-            # tanh(z) as 2 sigmoid(2 z) - 1 there, see run_layer.
-            scale = 2 if self.tanh_by_sigmoid else 1
             kernels.append(torch.cat([kernel[:, b] for b in blocks[:3]] + [scale * kernel[:, blocks[3]]], 1))
             biases.append(torch.cat([bias[b] for b in blocks[:3]] + [scale * bias[blocks[3]]]))
             projections.append(layer.projection.detach())
