@@ -85,8 +85,17 @@ def native_bfloat16(device: torch.device) -> bool:
     if device.type == "cpu":
         cpu = getattr(torch, "cpu", None)
         checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(getattr(cpu, name, lambda: False)() for name in checks)
+        return any(getattr(cpu, name, lambda: False)() for name in checks) and _onednn_bfloat16()
     return True
+
+
+@functools.cache
+def _onednn_bfloat16() -> bool:
+    """Whether oneDNN takes bfloat16 products here. The CPU's flags are not enough: oneDNN
+    can be restricted to older instructions (``ONEDNN_MAX_CPU_ISA=AVX2``), and then refuses
+    bfloat16 weights."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else True
 
 
 def pad_rows(x: Tensor, rows: int = MIN_ROWS) -> Tensor:
