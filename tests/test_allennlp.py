@@ -514,8 +514,8 @@ def test_engines_agree_and_fast_runs_without_gradients(tiny_model_files):
     torch.manual_seed(0)
     plain = Elmo(*tiny_model_files, 2, dropout=0.0, stateful=False, engine="plain")
     got, want = fast(ids), plain(ids)
-    assert fast._fast is not None and fast._fast.tokens_seen > 0
-    assert plain._fast is None
+    assert fast._runner.fast is not None and fast._runner.fast.tokens_seen > 0
+    assert plain._runner.fast is None
     for a, b in zip(got["elmo_representations"], want["elmo_representations"], strict=True):
         assert (a - b).abs().max() <= 1e-5
     # Gradients reach the mixes through the fast engine's (constant) layers.
@@ -523,11 +523,11 @@ def test_engines_agree_and_fast_runs_without_gradients(tiny_model_files):
     assert fast.scalar_mix_0.weights.grad is not None
     # Fine-tuning runs the plain model so that gradients reach the biLM.
     tuned = Elmo(*tiny_model_files, 1, dropout=0.0, requires_grad=True, stateful=False)
-    seen = tuned._fast.tokens_seen
+    seen = tuned._runner.fast.tokens_seen
     tuned(ids)["elmo_representations"][0].sum().backward()
-    assert tuned._fast.tokens_seen == seen
+    assert tuned._runner.fast.tokens_seen == seen
     assert any(p.grad is not None for p in tuned.bilm.parameters())
     with pytest.raises(ValueError, match="dtype: expected one of"):
         Elmo(*tiny_model_files, 1, dtype="float16")
     embedder = ElmoEmbedder(*tiny_model_files, stateful=False, engine="plain")
-    assert embedder._fast is None
+    assert embedder._runner.fast is None

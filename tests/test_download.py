@@ -28,7 +28,8 @@ import elmo
 from conftest import ALLENNLP
 from elmo import cli, download
 from elmo.config import ElmoConfig
-from elmo.download import DownloadError, default_cache_dir, download_model, register_model, resolve_model
+from elmo.download import DownloadError, default_cache_dir, download_model, register_model
+from elmo.resolve import resolve
 
 OPTIONS = (ALLENNLP / "options.json").read_bytes()
 WEIGHTS = (ALLENNLP / "lm_weights.hdf5").read_bytes()  # 450,896 bytes
@@ -171,7 +172,7 @@ def test_download_once_then_load_by_name(cache, server):
     assert [(path, status) for path, _, status in server.log] == [(SMALL_OPTIONS, 200), (SMALL_WEIGHTS, 200)]
 
     # Cached: no more requests, whichever way the name comes in.
-    assert resolve_model("small") == cache / "small"
+    assert resolve("small").weights == cache / "small" / "weights.hdf5"
     model = elmo.load("small")
     assert len(server.log) == 2
     reference = elmo.load(ALLENNLP / "options.json", ALLENNLP / "lm_weights.hdf5")
@@ -193,11 +194,15 @@ def test_cache_location(monkeypatch, tmp_path):
 
 
 def test_paths_names_and_registration(cache, server, tmp_path):
-    assert resolve_model(ALLENNLP) == ALLENNLP  # an existing path is taken as it is
+    # an existing path is taken as it is
+    assert (
+        resolve(ALLENNLP / "options.json", ALLENNLP / "lm_weights.hdf5").weights
+        == ALLENNLP / "lm_weights.hdf5"
+    )
     with pytest.raises(
         FileNotFoundError, match=r"nosuch: no such model directory, nor a known model name \(small"
     ):
-        resolve_model("nosuch")
+        resolve("nosuch")
     with pytest.raises(FileNotFoundError, match=r"nor a known model name \(small, medium, original"):
         elmo.load("nosuch")
     with pytest.raises(FileNotFoundError, match=r"no such model directory$"):

@@ -48,11 +48,11 @@ from torch import Tensor, nn
 from elmo.chars import batch_to_char_ids
 from elmo.config import ElmoConfig
 from elmo.download import download_model
-from elmo.engine import DEFAULT_CACHE_SIZE, engine_for
+from elmo.engine import DEFAULT_CACHE_SIZE
 from elmo.loading import load_bilm
 from elmo.mix import ScalarMix
 from elmo.model import ElmoBiLM
-from elmo.module import CarriedState
+from elmo.runner import BiLMRunner, EngineOptions
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Elmo", "ElmoEmbedder", "batch_to_ids"]
 
@@ -178,10 +178,12 @@ class Elmo(nn.Module):
         *,
         stateful: bool = True,
         engine: str = "auto",
-        dtype: str = "float32",
+        precision: str | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        dtype: str | None = None,
     ) -> None:
         super().__init__()
+        options = EngineOptions.from_keywords(engine, precision, cache_size, dtype=dtype)
         if module is not None:
             if options_file is not None or weight_file is not None:
                 raise ValueError(
@@ -201,7 +203,7 @@ class Elmo(nn.Module):
             for p in self._elmo_lstm.parameters():
                 p.requires_grad_(requires_grad)
         self._own_bilm = isinstance(self._elmo_lstm, ElmoBiLM)
-        self._fast = engine_for(self._elmo_lstm, engine, dtype, cache_size) if self._own_bilm else None
+        self._runner = BiLMRunner(self._elmo_lstm, options, stateful=stateful) if self._own_bilm else None
         if not self._own_bilm and not stateful and not hasattr(self._elmo_lstm, "reset_states"):
             raise ValueError("stateful=False with a custom module needs a module with reset_states()")
         n = num_output_representations
@@ -225,8 +227,7 @@ class Elmo(nn.Module):
             self.register_buffer("_vocab_char_ids", table, persistent=False)
         self._keep_sentence_boundaries = keep_sentence_boundaries
         self._dropout = nn.Dropout(p=dropout)
-        self.stateful = stateful
-        self._state = CarriedState()
+        self._stateful = stateful
         self._num_mixes = num_output_representations
         for k in range(num_output_representations):
             mix = ScalarMix(
@@ -253,10 +254,22 @@ class Elmo(nn.Module):
             return self._elmo_lstm.config.output_dim
         return self._elmo_lstm.get_output_dim()
 
+    @property
+    def stateful(self) -> bool:
+        """Whether each batch row's LSTM state is carried into the next call."""
+        return self._stateful
+
+    @stateful.setter
+    def stateful(self, value: bool) -> None:
+        self._stateful = bool(value)
+        if self._runner is not None:
+            self._runner.stateful = self._stateful
+
     def reset_states(self) -> None:
         """Forget the carried LSTM state: the next call starts every row from zero."""
-        self._state.reset()
-        if not self._own_bilm and hasattr(self._elmo_lstm, "reset_states"):
+        if self._runner is not None:
+            self._runner.reset_state()
+        elif hasattr(self._elmo_lstm, "reset_states"):
             self._elmo_lstm.reset_states()
 
     def forward(self, inputs: Tensor | None, word_inputs: Tensor | None = None) -> dict[str, Any]:
@@ -342,20 +355,9 @@ class Elmo(nn.Module):
         return inputs
 
     def _run_bilm(self, char_ids: Tensor) -> tuple[list[Tensor], Tensor]:
-        bilm = self._elmo_lstm
-        char_ids = char_ids.to(bilm.token_encoder.proj_b.device)
-        initial = self._state.take(bilm, char_ids.shape[0]) if self.stateful else None
-        # A frozen biLM needs no autograd graph; the mixes get their gradients either way.
-        track = torch.is_grad_enabled() and any(p.requires_grad for p in bilm.parameters())
-        if self._fast is not None and not track:
-            out = self._fast(char_ids, initial, keep_boundaries=True)
-        else:
-            with torch.set_grad_enabled(track):
-                out = bilm(char_ids, initial, keep_boundaries=True)
-        if self.stateful:
-            self._state.update(out.state)
-        word = out.layers[0]
-        return [torch.cat([word, word], dim=-1), *out.layers[1:]], out.mask
+        assert self._runner is not None
+        out = self._runner(char_ids, keep_boundaries=True)
+        return out.full_width_layers(), out.mask
 
 
 class ElmoEmbedder:
@@ -375,7 +377,7 @@ class ElmoEmbedder:
             model, as in AllenNLP (downloaded once into the cache, see :mod:`elmo.download`).
         cuda_device: a CUDA device index, or -1 for the CPU.
         stateful: see above.
-        engine, dtype, cache_size: (keyword-only, not in AllenNLP) as in :func:`elmo.load`;
+        engine, precision, cache_size: (keyword-only, not in AllenNLP) as in :func:`elmo.load`;
             the fast engine by default, ``engine="plain"`` for the reference model.
     """
 
@@ -387,9 +389,11 @@ class ElmoEmbedder:
         *,
         stateful: bool = True,
         engine: str = "auto",
-        dtype: str = "float32",
+        precision: str | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        dtype: str | None = None,
     ) -> None:
+        options = EngineOptions.from_keywords(engine, precision, cache_size, dtype=dtype)
         if options_file is None and weight_file is None:
             directory = download_model("original")
             options_file, weight_file = directory / "options.json", directory / "weights.hdf5"
@@ -414,33 +418,33 @@ class ElmoEmbedder:
         self.elmo_bilm: ElmoBiLM = load_bilm(options_file, weight_file, device)
         for p in self.elmo_bilm.parameters():
             p.requires_grad_(False)
-        self._fast = engine_for(self.elmo_bilm, engine, dtype, cache_size)
-        self.stateful = stateful
-        self._state = CarriedState()
+        self._runner = BiLMRunner(self.elmo_bilm, options, stateful=stateful)
 
     @property
     def config(self) -> ElmoConfig:
         """The model's configuration (from its options file)."""
         return self.elmo_bilm.config
 
+    @property
+    def stateful(self) -> bool:
+        """Whether each batch row's LSTM state is carried into the next batch."""
+        return self._runner.stateful
+
+    @stateful.setter
+    def stateful(self, value: bool) -> None:
+        self._runner.stateful = bool(value)
+
     def reset_states(self) -> None:
         """Forget the carried LSTM state: the next batch starts every row from zero."""
-        self._state.reset()
+        self._runner.reset_state()
 
     def batch_to_embeddings(self, batch: list[list[str]]) -> tuple[Tensor, Tensor]:
         """All layers of a batch as tensors: ``([B, num_layers, T, 2P], mask [B, T])``."""
         batch = _check_batch(batch)
-        bilm = self.elmo_bilm
-        max_chars = bilm.config.char_cnn.max_characters_per_token
-        char_ids = batch_to_char_ids(batch, max_chars).to(bilm.token_encoder.proj_b.device)
-        initial = self._state.take(bilm, len(batch)) if self.stateful else None
+        char_ids = batch_to_char_ids(batch, self.config.char_cnn.max_characters_per_token)
         with torch.no_grad():
-            out = (self._fast or bilm)(char_ids, initial)
-        if self.stateful:
-            self._state.update(out.state)
-        word = out.layers[0]
-        layers = [torch.cat([word, word], dim=-1), *out.layers[1:]]
-        return torch.stack(layers, dim=1), out.mask
+            out = self._runner(char_ids)
+        return torch.stack(out.full_width_layers(), dim=1), out.mask
 
     def embed_sentence(self, sentence: list[str]) -> np.ndarray:
         """One tokenized sentence: ``[num_layers, n, 2P]``."""

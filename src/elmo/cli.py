@@ -272,7 +272,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         output=Path(args.output),
         layers=args.layers,
         batch_size=args.batch_size,
-        dtype=args.dtype,
+        store_dtype=args.dtype,
         encoding_errors=args.encoding_errors,
         resume=args.resume,
         overwrite=args.overwrite,

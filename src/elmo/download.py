@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import http.client
 import os
 import re
@@ -53,10 +54,11 @@ __all__ = [
     "ReleasedModel",
     "default_cache_dir",
     "download_model",
+    "download_urls",
     "is_model_name",
+    "is_url",
     "known_models",
     "register_model",
-    "resolve_model",
 ]
 
 PUBLISHED_BASE_URL = "https://s3-us-west-2.amazonaws.com/allennlp/models/elmo"
@@ -213,26 +215,6 @@ def not_found_message(name_or_path: object) -> str:
     return message
 
 
-def resolve_model(
-    name_or_path: str | os.PathLike[str],
-    *,
-    cache_dir: str | os.PathLike[str] | None = None,
-    progress: bool | None = None,
-) -> Path:
-    """The model directory (``options.json`` + ``weights.hdf5``) for a path or a name.
-
-    An existing path is returned as it is; a registered name is downloaded into the
-    cache if needed and its cache directory returned; anything else raises
-    :class:`FileNotFoundError` listing the known names.
-    """
-    path = Path(name_or_path)
-    if path.exists():
-        return path
-    if is_model_name(name_or_path):
-        return download_model(str(name_or_path), cache_dir=cache_dir, progress=progress)
-    raise FileNotFoundError(not_found_message(name_or_path))
-
-
 def download_model(
     name: str,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -253,7 +235,17 @@ def download_model(
     Raises :class:`DownloadError` naming the model, the URL and the path where the
     file belongs, so that it can be fetched by other means.
     """
-    model = _lookup(name)
+    return _fetch_model(_lookup(name), cache_dir, force, progress, timeout, retries)
+
+
+def _fetch_model(
+    model: ReleasedModel,
+    cache_dir: str | os.PathLike[str] | None,
+    force: bool,
+    progress: bool | None,
+    timeout: float,
+    retries: int,
+) -> Path:
     directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     directory = directory / model.name
     job = _Download(model, directory, progress, timeout, retries)
@@ -274,6 +266,75 @@ def download_model(
         if not job.options.is_file() or not job.weights.is_file():
             job.run()
     return directory
+
+
+_URL_SCHEMES = ("http://", "https://", "s3://")
+# Where AllenNLP published the released files: the registry's URLs under any of these
+# bases name the same files (AllenNLP's code and docs use each of them).
+_PUBLISHED_BASES = (
+    PUBLISHED_BASE_URL,
+    "https://allennlp.s3.amazonaws.com/models/elmo",
+    "http://s3-us-west-2.amazonaws.com/allennlp/models/elmo",
+    "https://s3.amazonaws.com/allennlp/models/elmo",
+    "s3://allennlp/models/elmo",
+)
+
+
+def is_url(value: object) -> bool:
+    """Whether ``value`` is a URL this package can download (http, https, s3)."""
+    return isinstance(value, str) and value.startswith(_URL_SCHEMES)
+
+
+def _published_path(url: str) -> str | None:
+    for base in _PUBLISHED_BASES:
+        if url.startswith(base + "/"):
+            return url[len(base) + 1 :]
+    return None
+
+
+def _registered_for(options_url: str, weights_url: str) -> str | None:
+    """The registered model whose published files these URLs name, if any."""
+    wanted = (_published_path(options_url), _published_path(weights_url))
+    if None in wanted:
+        return None
+    for model in _REGISTRY.values():
+        if (_published_path(model.options_url), _published_path(model.weights_url)) == wanted:
+            return model.name
+    return None
+
+
+def download_urls(
+    options_url: str,
+    weights_url: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    progress: bool | None = None,
+    timeout: float = 30.0,
+    retries: int = 5,
+) -> Path:
+    """Download a model given as the URLs of its two files; its cache directory.
+
+    URLs of a registered model's published files (under any of AllenNLP's addresses)
+    are that model's cache entry; other URLs get an entry of their own, named by a digest
+    of the two URLs. Downloads resume, retry, are verified and locked as in
+    :func:`download_model`. ``s3://`` URLs are read over HTTPS from the bucket's address.
+    """
+    name = _registered_for(options_url, weights_url)
+    if name is not None:
+        return download_model(name, cache_dir, progress=progress, timeout=timeout, retries=retries)
+    digest = hashlib.sha256(f"{options_url}\n{weights_url}".encode()).hexdigest()[:16]
+    model = ReleasedModel(
+        f"url-{digest}", _https(options_url), _https(weights_url), None, "downloaded by URL"
+    )
+    return _fetch_model(model, cache_dir, False, progress, timeout, retries)
+
+
+def _https(url: str) -> str:
+    """An ``s3://BUCKET/KEY`` URL as the bucket's public HTTPS address."""
+    if url.startswith("s3://"):
+        bucket, _, key = url[len("s3://") :].partition("/")
+        return f"https://{bucket}.s3.amazonaws.com/{key}"
+    return url
 
 
 @contextlib.contextmanager

@@ -9,19 +9,33 @@ reference tools do, because the carried state makes results depend on the batchi
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from elmo.choices import LAYERS, Layers, check_choice
+from elmo.config import ElmoConfig
 from elmo.inputs import _as_str
+from elmo.model import widen_token_layer
 
-if TYPE_CHECKING:
-    from elmo.module import ElmoModule
+__all__ = ["LAYER_CHOICES", "TokenEmbedder", "embed", "embed_iter", "layer_width"]
 
-__all__ = ["LAYER_CHOICES", "embed", "embed_iter", "layer_width"]
+LAYER_CHOICES = LAYERS
 
-LAYER_CHOICES = ("all", "top", "average", "elmo", "word_emb", "default")
+
+class TokenEmbedder(Protocol):
+    """What embedding sentences needs of a model (:class:`elmo.ElmoModule` is one)."""
+
+    @property
+    def config(self) -> ElmoConfig: ...
+
+    @property
+    def stateful(self) -> bool: ...
+
+    def embed_tokens(self, batch: list[list[str]]) -> dict[str, torch.Tensor]: ...
+
+
 # Sentences sorted together; bounds the memory of the reordering buffer.
 _WINDOW_BATCHES = 16
 
@@ -36,15 +50,14 @@ def _as_tokens(sentence: Any, index: int) -> list[str]:
     )
 
 
-def layer_width(module: ElmoModule, layers: str) -> int:
+def layer_width(module: TokenEmbedder, layers: str) -> int:
     """Width of the last axis of the arrays :func:`embed` returns for ``layers``."""
     proj = module.config.lstm.projection_dim
     return proj if layers == "word_emb" else 2 * proj
 
 
 def _check_layers(layers: str) -> None:
-    if layers not in LAYER_CHOICES:
-        raise ValueError(f"layers: expected one of {', '.join(LAYER_CHOICES)}, found {layers!r}")
+    check_choice("layers", layers, LAYERS)
 
 
 def _split(out: dict[str, torch.Tensor], layers: str, n_layers: int) -> list[np.ndarray]:
@@ -61,9 +74,7 @@ def _split(out: dict[str, torch.Tensor], layers: str, n_layers: int) -> list[np.
     elif layers == "top":
         stacked = out[f"lstm_outputs{n_layers}"]
     else:
-        all_layers = [torch.cat([word, word], dim=2)] + [
-            out[f"lstm_outputs{k}"] for k in range(1, n_layers + 1)
-        ]
+        all_layers = [widen_token_layer(word)] + [out[f"lstm_outputs{k}"] for k in range(1, n_layers + 1)]
         if layers == "average":
             stacked = sum(all_layers[1:], all_layers[0]) / len(all_layers)
         else:
@@ -75,7 +86,7 @@ def _split(out: dict[str, torch.Tensor], layers: str, n_layers: int) -> list[np.
 
 
 def _batches_in_order(
-    module: ElmoModule, sentences: Iterator[list[str]], layers: str, batch_size: int
+    module: TokenEmbedder, sentences: Iterator[list[str]], layers: str, batch_size: int
 ) -> Iterator[np.ndarray]:
     n_layers = module.config.lstm.n_layers
     sort = not module.stateful
@@ -98,9 +109,9 @@ def _batches_in_order(
 
 
 def embed_iter(
-    module: ElmoModule,
+    module: TokenEmbedder,
     sentences: Iterable[Any],
-    layers: str = "all",
+    layers: Layers = "all",
     batch_size: int = 64,
 ) -> Iterator[np.ndarray]:
     """Like :func:`embed`, but lazily: reads and yields as it goes, with bounded memory."""
@@ -112,9 +123,9 @@ def embed_iter(
 
 
 def embed(
-    module: ElmoModule,
+    module: TokenEmbedder,
     sentences: Sequence[Any],
-    layers: str = "all",
+    layers: Layers = "all",
     batch_size: int = 64,
     progress: bool = False,
 ) -> list[np.ndarray]:

@@ -23,22 +23,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import h5py
 import numpy as np
 import torch
 
-from elmo.embedder import embed_iter
+from elmo.choices import FILE_LAYERS, STORE_DTYPES, FileLayers, StoreDtype, check_choice
+from elmo.embedder import TokenEmbedder, embed_iter
 from elmo.errors import ElmoError
 from elmo.model import LayerState
 
-if TYPE_CHECKING:
-    from elmo.module import ElmoModule
+__all__ = ["FILE_LAYERS", "EmbedFileError", "EmbedJob", "FileEmbedder", "embed_file"]
 
-__all__ = ["FILE_LAYERS", "EmbedFileError", "EmbedJob", "embed_file"]
-
-FILE_LAYERS = ("all", "top", "average", "elmo", "default")
 _MANIFEST = "manifest.json"
 _FORMAT_VERSION = 1
 
@@ -47,15 +44,32 @@ class EmbedFileError(ElmoError):
     """A problem with the input, the output or an interrupted run, stated for the user."""
 
 
+class FileEmbedder(TokenEmbedder, Protocol):
+    """What embedding a file needs of a model (:class:`elmo.FileEmbedder` is one): the
+    sentence embedder, plus what identifies it and its carried state for resuming."""
+
+    @property
+    def precision(self) -> str: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    carried_state: list[LayerState] | None
+
+    def reset_state(self) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class EmbedJob:
     """What ``elmo embed`` was asked to do."""
 
     input: str  # a path, or "-" for standard input
     output: Path
-    layers: str = "all"
+    layers: FileLayers = "all"
     batch_size: int = 64
-    dtype: str = "float32"
+    store_dtype: StoreDtype = "float32"  # type of the stored arrays
     encoding_errors: str = "strict"
     resume: bool = False
     overwrite: bool = False
@@ -85,7 +99,7 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _model_identity(module: ElmoModule) -> str:
+def _model_identity(module: FileEmbedder) -> str:
     """A digest of the model's options and weights, to refuse resuming with another model."""
     digest = hashlib.sha256(json.dumps(module.config.to_dict(), sort_keys=True).encode())
     for tensor in module.state_dict().values():
@@ -211,9 +225,9 @@ def _prepare(job: EmbedJob, manifest_base: dict) -> tuple[Path, dict]:
 
 
 def _write_shard(
-    module: ElmoModule, job: EmbedJob, sentences: list[str], first_line: int, path: Path, progress: Progress
+    module: FileEmbedder, job: EmbedJob, sentences: list[str], first_line: int, path: Path, progress: Progress
 ) -> int:
-    dtype = np.float16 if job.dtype == "float16" else np.float32
+    dtype = np.float16 if job.store_dtype == "float16" else np.float32
     tmp = path.with_name(path.name + ".tmp")
     tokens = [s.split() for s in sentences]
     with h5py.File(tmp, "w") as f:
@@ -248,19 +262,20 @@ def _merge(partial: Path, manifest: dict, job: EmbedJob) -> None:
     shutil.rmtree(partial, ignore_errors=True)
 
 
-def embed_file(module: ElmoModule, job: EmbedJob, progress: Progress | None = None) -> dict:
+def embed_file(module: FileEmbedder, job: EmbedJob, progress: Progress | None = None) -> dict:
     """Run ``job`` with ``module``; returns a summary (lines, tokens, seconds)."""
     progress = progress or Progress()
     if job.layers not in FILE_LAYERS:
         raise EmbedFileError(f"--layers: expected one of {', '.join(FILE_LAYERS)}, found {job.layers!r}")
+    check_choice("store_dtype", job.store_dtype, STORE_DTYPES)
     total = None if job.input == "-" else _scan(job)
     base = {
         "format": _FORMAT_VERSION,
         "input": _input_identity(job.input),
         "model": _model_identity(module),
         "layers": job.layers,
-        "dtype": job.dtype,
-        "precision": module.dtype,
+        "dtype": job.store_dtype,
+        "precision": module.precision,
         "stateful": module.stateful,
         "batch_size": job.batch_size if module.stateful else None,
         "forget_sentences": job.forget_sentences,
@@ -272,7 +287,7 @@ def embed_file(module: ElmoModule, job: EmbedJob, progress: Progress | None = No
     if module.stateful:
         module.reset_state()
         if manifest["shards"]:
-            module.carried_state = _state_from_h5(partial / manifest["shards"][-1], module.mix.weights.device)
+            module.carried_state = _state_from_h5(partial / manifest["shards"][-1], module.device)
     # Stateful results depend on the batching, so shards hold whole batches.
     shard_size = max(job.batch_size, job.shard_size // job.batch_size * job.batch_size)
     progress.start(total, done)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from elmo.chars import BOS_TOKEN, EOS_TOKEN, token_to_char_ids
 from elmo.config import CharCNNConfig, ElmoConfig, LSTMConfig
 
-__all__ = ["BiLMOutput", "ElmoBiLM", "LSTMLayer", "LayerState", "TokenEncoder", "linear"]
+__all__ = ["BiLMOutput", "ElmoBiLM", "LSTMLayer", "LayerState", "TokenEncoder", "linear", "widen_token_layer"]
 
 # TensorFlow's LSTMCell adds this to the forget gate at run time; the files omit it.
 FORGET_BIAS = 1.0
@@ -184,6 +184,17 @@ class BiLMOutput:
     layers: list[Tensor]
     mask: Tensor
     state: list[LayerState]
+
+    def full_width_layers(self) -> list[Tensor]:
+        """All layers at the LSTM outputs' width ``2P``: layer 0 widened, then each LSTM layer."""
+        return [widen_token_layer(self.layers[0]), *self.layers[1:]]
+
+
+def widen_token_layer(word: Tensor) -> Tensor:
+    """The token representation ``[..., P]`` as a ``[..., 2P]`` layer: itself twice, once per
+    direction. This is how AllenNLP and bilm-tf stack it with the LSTM layers (layer 0 of
+    their ``[3, n, 2P]`` arrays) and mix it."""
+    return torch.cat([word, word], dim=-1)
 
 
 def _reverse_rows(x: Tensor, lengths: Tensor) -> Tensor:

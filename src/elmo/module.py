@@ -19,69 +19,15 @@ from torch import Tensor, nn
 
 from elmo import embedder
 from elmo.chars import batch_to_char_ids
+from elmo.choices import Layers, Precision
 from elmo.config import ElmoConfig
-from elmo.engine import DEFAULT_CACHE_SIZE, FastBiLM, engine_for
+from elmo.engine import DEFAULT_CACHE_SIZE, FastBiLM
 from elmo.inputs import split_sentences, tokens_to_lists
 from elmo.mix import ScalarMix
 from elmo.model import BiLMOutput, ElmoBiLM, LayerState
+from elmo.runner import BiLMRunner, EngineOptions
 
-__all__ = ["CarriedState", "ElmoModule"]
-
-
-class CarriedState:
-    """LSTM state kept per batch row between calls, as AllenNLP and bilm-tf keep it.
-
-    Row r of a call starts where row r of the previous call ended. A call with more rows
-    than stored starts the new rows from zero; a call with fewer rows uses the first
-    rows and leaves the others stored for later.
-    """
-
-    def __init__(self) -> None:
-        self.layers: list[LayerState] | None = None
-
-    def reset(self) -> None:
-        self.layers = None
-
-    def take(self, bilm: ElmoBiLM, batch: int) -> list[LayerState]:
-        zero = bilm.zero_state(batch)
-        if self.layers is None:
-            return zero
-        out = []
-        for stored, z in zip(self.layers, zero):
-            n = min(batch, stored.forward_h.shape[0])
-            parts = []
-            for old, new in zip(
-                (stored.forward_h, stored.forward_c, stored.backward_h, stored.backward_c),
-                (z.forward_h, z.forward_c, z.backward_h, z.backward_c),
-            ):
-                new[:n] = old[:n].to(new.device)
-                parts.append(new)
-            out.append(LayerState(*parts))
-        return out
-
-    def update(self, final: list[LayerState]) -> None:
-        final = [
-            LayerState(*(t.detach() for t in (s.forward_h, s.forward_c, s.backward_h, s.backward_c)))
-            for s in final
-        ]
-        if self.layers is None:
-            self.layers = final
-            return
-        merged = []
-        for stored, new in zip(self.layers, final):
-            parts = []
-            for old, cur in zip(
-                (stored.forward_h, stored.forward_c, stored.backward_h, stored.backward_c),
-                (new.forward_h, new.forward_c, new.backward_h, new.backward_c),
-            ):
-                if cur.shape[0] >= old.shape[0]:
-                    parts.append(cur)
-                else:
-                    keep = old.to(cur.device).clone()
-                    keep[: cur.shape[0]] = cur
-                    parts.append(keep)
-            merged.append(LayerState(*parts))
-        self.layers = merged
+__all__ = ["ElmoModule"]
 
 
 def _mix_inference(mix: ScalarMix, layers: list[Tensor]) -> Tensor:
@@ -110,13 +56,12 @@ class ElmoModule(nn.Module):
     (as AllenNLP and bilm-tf do; :meth:`reset_state` starts over); by default every
     sentence starts from zero state, so its output does not depend on its batch.
 
-    ``engine`` picks what computes the biLM: ``"fast"`` (:class:`elmo.engine.FastBiLM`),
-    ``"plain"`` (the readable reference :class:`elmo.model.ElmoBiLM`), or ``"auto"`` (the
-    default: the fast engine, except when gradients must flow into the biLM, i.e. while
-    fine-tuning, which always runs the plain model). ``dtype`` is the fast engine's
-    precision: ``"float32"`` (within 1e-5 of the plain model), ``"bfloat16"`` or ``"int8"``;
-    outputs are float32 in all of them. ``cache_size`` bounds the fast engine's cache of
-    token representations (distinct tokens; 0 disables it).
+    ``engine``, ``precision`` and ``cache_size`` choose what computes the biLM (see
+    :class:`elmo.runner.EngineOptions`): by default the fast engine, except while
+    gradients must flow into the biLM (fine-tuning), which runs the plain model;
+    ``engine="plain"`` always runs the readable reference :class:`elmo.model.ElmoBiLM`.
+    Outputs are float32 whatever the precision. ``dtype`` is the deprecated old name of
+    ``precision``. ``engine_options`` passes all three as one value instead.
     """
 
     def __init__(
@@ -126,18 +71,20 @@ class ElmoModule(nn.Module):
         stateful: bool = False,
         finetune: bool = False,
         engine: str = "auto",
-        dtype: str = "float32",
+        precision: str | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        dtype: str | None = None,
+        engine_options: EngineOptions | None = None,
     ) -> None:
         super().__init__()
-        fast = engine_for(bilm, engine, dtype, cache_size)
+        if engine_options is None:
+            engine_options = EngineOptions.from_keywords(
+                engine, precision, cache_size, dtype=dtype, stacklevel=4
+            )
         self.bilm = bilm
         self.mix = ScalarMix(bilm.num_layers)
-        self.stateful = stateful
         self.finetune = finetune
-        self.engine = engine
-        self._state = CarriedState()
-        self._fast = fast
+        self._runner = BiLMRunner(bilm, engine_options, stateful=stateful)
 
     @property
     def config(self) -> ElmoConfig:
@@ -156,33 +103,60 @@ class ElmoModule(nn.Module):
             p.requires_grad_(self._finetune)
 
     @property
-    def dtype(self) -> str:
-        """The fast engine's precision (``"float32"`` with the plain engine)."""
-        return "float32" if self._fast is None else self._fast.precision
+    def device(self) -> torch.device:
+        """Where the model's parameters are."""
+        return self.mix.weights.device
+
+    @property
+    def engine_options(self) -> EngineOptions:
+        """What computes the biLM: engine, precision and cache size."""
+        return self._runner.options
+
+    @property
+    def engine(self) -> str:
+        """``"auto"``, ``"fast"`` or ``"plain"``."""
+        return self._runner.options.engine
+
+    @property
+    def precision(self) -> Precision:
+        """The fast engine's arithmetic (``"float32"`` with the plain engine)."""
+        return self._runner.precision
+
+    @property
+    def dtype(self) -> Precision:
+        """Deprecated old name of :attr:`precision`."""
+        return self._runner.precision
 
     @property
     def fast(self) -> FastBiLM | None:
         """The fast engine (None with ``engine="plain"``)."""
-        return self._fast
+        return self._runner.fast
+
+    @property
+    def stateful(self) -> bool:
+        """Whether each batch row's LSTM state is carried into the next call."""
+        return self._runner.stateful
+
+    @stateful.setter
+    def stateful(self, value: bool) -> None:
+        self._runner.stateful = bool(value)
 
     def uses_fast_engine(self) -> bool:
         """Whether a call now runs the fast engine (not while gradients flow into the biLM)."""
-        if self._fast is None:
-            return False
-        return not (self._finetune and torch.is_grad_enabled())
+        return self._runner.uses_fast_engine()
 
     @property
     def carried_state(self) -> list[LayerState] | None:
         """The LSTM state carried to the next call in stateful mode (None: zero state)."""
-        return self._state.layers
+        return self._runner.state.layers
 
     @carried_state.setter
     def carried_state(self, value: list[LayerState] | None) -> None:
-        self._state.layers = value
+        self._runner.state.layers = value
 
     def reset_state(self) -> None:
         """Forget the carried LSTM state (stateful mode); the next call starts from zero."""
-        self._state.reset()
+        self._runner.reset_state()
 
     def forward(
         self,
@@ -216,7 +190,7 @@ class ElmoModule(nn.Module):
     def embed(
         self,
         sentences: Sequence[Any],
-        layers: str = "all",
+        layers: Layers = "all",
         batch_size: int = 64,
         progress: bool = False,
     ) -> list[np.ndarray]:
@@ -230,7 +204,7 @@ class ElmoModule(nn.Module):
         return embedder.embed(self, sentences, layers, batch_size, progress)
 
     def embed_iter(
-        self, sentences: Iterable[Any], layers: str = "all", batch_size: int = 64
+        self, sentences: Iterable[Any], layers: Layers = "all", batch_size: int = 64
     ) -> Iterator[np.ndarray]:
         """Like :meth:`embed` but lazy: reads sentences and yields arrays with bounded memory."""
         return embedder.embed_iter(self, sentences, layers, batch_size)
@@ -246,7 +220,7 @@ class ElmoModule(nn.Module):
         """Embed a text file (one tokenized sentence a line) into HDF5, as ``elmo embed`` does.
 
         Streams with bounded memory and writes atomically; ``options`` are the other fields
-        of :class:`elmo.embedfile.EmbedJob` (``resume``, ``overwrite``, ``dtype``, ...).
+        of :class:`elmo.embedfile.EmbedJob` (``resume``, ``overwrite``, ``store_dtype``, ...).
         Returns a summary with the number of lines and tokens.
         """
         from elmo.embedfile import EmbedJob, embed_file
@@ -258,8 +232,7 @@ class ElmoModule(nn.Module):
 
     def embed_tokens(self, batch: list[list[str]]) -> dict[str, Tensor]:
         """The outputs for an already tokenized batch (a list of token lists)."""
-        device = self.mix.weights.device
-        char_ids = batch_to_char_ids(batch, self.config.char_cnn.max_characters_per_token).to(device)
+        char_ids = batch_to_char_ids(batch, self.config.char_cnn.max_characters_per_token).to(self.device)
         return self.embed_char_ids(char_ids)
 
     def embed_char_ids(self, char_ids: Tensor) -> dict[str, Tensor]:
@@ -269,16 +242,7 @@ class ElmoModule(nn.Module):
 
     def run_bilm(self, char_ids: Tensor) -> BiLMOutput:
         """Run the biLM (with the carried state in stateful mode); no layer mix."""
-        initial = self._state.take(self.bilm, char_ids.shape[0]) if self.stateful else None
-        if self.uses_fast_engine():
-            assert self._fast is not None
-            out = self._fast(char_ids, initial)
-        else:
-            with torch.set_grad_enabled(self._finetune and torch.is_grad_enabled()):
-                out = self.bilm(char_ids, initial)
-        if self.stateful:
-            self._state.update(out.state)
-        return out
+        return self._runner(char_ids)
 
     def outputs(self, out: BiLMOutput) -> dict[str, Tensor]:
         """The hub module's output dictionary from the biLM's layers."""
@@ -289,7 +253,7 @@ class ElmoModule(nn.Module):
         ):
             elmo = _mix_inference(mix, out.layers)
         else:
-            elmo = mix([torch.cat([word_emb, word_emb], dim=2), *out.layers[1:]])
+            elmo = mix(out.full_width_layers())
         mask = out.mask
         counts = mask.sum(dim=1, keepdim=True).clamp(min=1).to(elmo.dtype)
         result = {"word_emb": word_emb}

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from elmo.config import ElmoConfig
-from elmo.default_model import DEFAULT_MODEL_NAME, default_model_dir
 from elmo.errors import ElmoError
+from elmo.resolve import LM_HEAD, ModelFiles, resolve
 from elmo.train.checkpoint import load_checkpoint
 from elmo.train.lm import TrainingBiLM
 from elmo.train.optim import Adagrad
@@ -43,8 +43,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("elmo.train")
-
-LM_HEAD = "lm_head.hdf5"
 
 
 class ModelError(ElmoError, ValueError):
@@ -82,9 +80,10 @@ def _from_checkpoint(path: Path) -> LoadedLM:
     return LoadedLM(model, _vocab_beside(path.parent), "run", dict(ckpt.optimizer), ckpt.step)
 
 
-def _from_export(directory: Path) -> LoadedLM:
-    head = directory / LM_HEAD
-    config = ElmoConfig.from_json(directory / "options.json")
+def _from_export(files: ModelFiles) -> LoadedLM:
+    assert files.options is not None and files.lm_head is not None
+    head = files.lm_head
+    config = ElmoConfig.from_json(files.options)
     try:
         with h5py.File(head, "r") as h5:
             weight = np.asarray(h5["softmax/W"], dtype=np.float32)
@@ -97,11 +96,11 @@ def _from_export(directory: Path) -> LoadedLM:
             f"lstm.projection_dim={config.lstm.projection_dim}"
         )
     model = TrainingBiLM(config, weight.shape[0])
-    load_weights(model.encoder, directory / "weights.hdf5")
+    load_weights(model.encoder, files.weights)
     with torch.no_grad():
         model.softmax.weight.copy_(torch.from_numpy(weight))
         model.softmax.bias.copy_(torch.from_numpy(bias))
-    return LoadedLM(model, _vocab_beside(directory), "export")
+    return LoadedLM(model, _vocab_beside(files.weights.parent), "export")
 
 
 def _from_bilm_tf(directory: Path, optimizer_state: bool) -> LoadedLM:
@@ -120,35 +119,27 @@ def _from_bilm_tf(directory: Path, optimizer_state: bool) -> LoadedLM:
     return LoadedLM(model, None, "bilm-tf", opt.state_dict() if opt else None, step)
 
 
-def load_language_model(path: str | os.PathLike[str], optimizer_state: bool = False) -> LoadedLM:
+def load_language_model(
+    source: str | os.PathLike[str] | ModelFiles, optimizer_state: bool = False
+) -> LoadedLM:
     """Load a language model from any of the forms in this module's docstring.
 
-    ``"default"`` is the model bundled with the package.
+    ``source`` is anything :func:`elmo.resolve.resolve` takes (``"default"`` is the model
+    bundled with the package), or its result.
     """
-    path = Path(path)
-    if str(path) == DEFAULT_MODEL_NAME and not path.exists():
-        path = default_model_dir()
-    if path.is_file():
-        if path.name == "checkpoint":  # bilm-tf's state file
-            return _from_bilm_tf(path.parent, optimizer_state)
-        return _from_checkpoint(path)
-    if not path.is_dir():
-        raise ModelError(f"{path}: no such model (expected a run directory, checkpoint or model directory)")
-    if (path / "checkpoint.pt").is_file():
-        return _from_checkpoint(path / "checkpoint.pt")
-    if (path / LM_HEAD).is_file():
-        return _from_export(path)
-    if (path / "checkpoint").is_file():
-        return _from_bilm_tf(path, optimizer_state)
-    if (path / "weights.hdf5").is_file():
+    files = source if isinstance(source, ModelFiles) else resolve(source)
+    if files.format == "run":
+        return _from_checkpoint(files.weights)
+    if files.format == "bilm-tf":
+        return _from_bilm_tf(files.weights, optimizer_state)
+    if files.format == "hub":
+        raise ModelError(f"{files.source}: a TF Hub module holds no LM head (softmax): not a language model")
+    if files.lm_head is None:
         raise ModelError(
-            f"{path}: holds only the embedder (weights.hdf5) and no LM head ({LM_HEAD}); "
+            f"{files.weights.parent}: holds only the embedder (weights.hdf5) and no LM head ({LM_HEAD}); "
             "perplexity needs the softmax: export the model with its head (elmo export)"
         )
-    raise ModelError(
-        f"{path}: not a model: expected checkpoint.pt (a run), {LM_HEAD} + weights.hdf5 (an export) or "
-        "a bilm-tf 'checkpoint' state file"
-    )
+    return _from_export(files)
 
 
 def _architecture(config: ElmoConfig) -> dict:
