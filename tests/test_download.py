@@ -489,3 +489,58 @@ def test_cli_models_and_download(cache, server, capsys):
 def test_cli_unknown_model_name(cache, capsys):
     assert cli.main(["info", "nosuch"]) == 1
     assert "nosuch: no such model directory, nor a known model name (small" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- URLs
+@pytest.mark.parametrize(
+    "base",
+    [
+        "https://s3-us-west-2.amazonaws.com/allennlp/models/elmo",
+        "https://allennlp.s3.amazonaws.com/models/elmo",
+        "s3://allennlp/models/elmo",
+    ],
+)
+def test_allennlp_published_urls_are_the_registered_model(cache, server, base):
+    """AllenNLP's addresses of a released model's files: that model's cache entry (here
+    served by the mirror), not a second download."""
+    options_url, weights_url = base + SMALL_OPTIONS, base + SMALL_WEIGHTS
+    m = elmo.load(options_url, weights_url, progress=False)
+    _assert_cached(cache, "small")
+    assert [path for path, _, _ in server.log] == [SMALL_OPTIONS, SMALL_WEIGHTS]
+    assert m.config.lstm.dim == 64
+    elmo.load(options_url, weights_url)  # cached: no more requests
+    assert len(server.log) == 2
+
+
+def test_any_url_pair_goes_through_the_cache(cache, server):
+    server.files["/mine/opts.json"] = OPTIONS
+    server.files["/mine/w.hdf5"] = WEIGHTS
+    options_url, weights_url = server.url + "/mine/opts.json", server.url + "/mine/w.hdf5"
+    files = resolve(options_url, weights_url, progress=False)
+    assert files.options.parent.parent == cache and files.options.parent.name.startswith("url-")
+    assert files.options.read_bytes() == OPTIONS and files.weights.read_bytes() == WEIGHTS
+    assert resolve(options_url, weights_url).weights == files.weights and len(server.log) == 2
+    # a URL that does not answer: the error names the file and where it belongs
+    with pytest.raises(DownloadError, match=r"/mine/missing\.hdf5"):
+        resolve(options_url, server.url + "/mine/missing.hdf5", progress=False)
+
+
+def test_urls_in_the_allennlp_drop_in_and_the_cli(cache, server):
+    from elmo.allennlp import Elmo, ElmoEmbedder
+
+    base = "https://allennlp.s3.amazonaws.com/models/elmo"
+    options_url, weights_url = base + SMALL_OPTIONS, base + SMALL_WEIGHTS
+    assert Elmo(options_url, weights_url, 2).get_output_dim() == 32
+    assert ElmoEmbedder(options_file=options_url, weight_file=weights_url).embed_sentence(["a"]).shape == (
+        3,
+        1,
+        32,
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "elmo", "info", "--options", options_url, "--weights", weights_url, "--json"],
+        capture_output=True,
+        env=_env(server, cache),
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert json.loads(r.stdout)["options"]["lstm"]["dim"] == 64

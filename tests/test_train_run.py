@@ -144,6 +144,11 @@ def test_export_loads_and_matches_training_model(corpus, tmp_path):
     ref = trainer.model.encoder(batch_to_char_ids(sentences, 20))
     assert torch.allclose(got["lstm_outputs2"], ref.layers[2], atol=1e-6)
     assert torch.allclose(got["word_emb"], ref.layers[0], atol=1e-6)
+    # The run directory itself loads as a model: the same weights as its export.
+    from_run = elmo.load(tmp_path / "run", engine="plain").embed_tokens(sentences)
+    assert torch.equal(
+        from_run["lstm_outputs2"], elmo.load(out, engine="plain").embed_tokens(sentences)["lstm_outputs2"]
+    )
     # The head survives too: perplexity from the export equals the run's.
     vocab = Vocabulary.from_file(corpus["vocab"])
     heldout = [line.split() for line in corpus["heldout"].read_text().splitlines()[:20]]

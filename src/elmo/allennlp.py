@@ -47,11 +47,11 @@ from torch import Tensor, nn
 
 from elmo.chars import batch_to_char_ids
 from elmo.config import ElmoConfig
-from elmo.download import download_model
 from elmo.engine import DEFAULT_CACHE_SIZE
-from elmo.loading import load_bilm
+from elmo.loading import load_bilm_files
 from elmo.mix import ScalarMix
 from elmo.model import ElmoBiLM
+from elmo.resolve import resolve
 from elmo.runner import BiLMRunner, EngineOptions
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Elmo", "ElmoEmbedder", "batch_to_ids"]
@@ -199,7 +199,7 @@ class Elmo(nn.Module):
         else:
             if options_file is None or weight_file is None:
                 raise TypeError("Elmo: options_file and weight_file are required (or pass module=)")
-            self._elmo_lstm = load_bilm(options_file, weight_file)
+            self._elmo_lstm = load_bilm_files(resolve(options_file, weight_file))
             for p in self._elmo_lstm.parameters():
                 p.requires_grad_(requires_grad)
         self._own_bilm = isinstance(self._elmo_lstm, ElmoBiLM)
@@ -395,13 +395,14 @@ class ElmoEmbedder:
     ) -> None:
         options = EngineOptions.from_keywords(engine, precision, cache_size, dtype=dtype)
         if options_file is None and weight_file is None:
-            directory = download_model("original")
-            options_file, weight_file = directory / "options.json", directory / "weights.hdf5"
+            files = resolve("original")
         elif options_file is None or weight_file is None:
             raise TypeError(
                 "ElmoEmbedder needs options_file and weight_file together (or neither, for the "
                 "released original model)"
             )
+        else:
+            files = resolve(options_file, weight_file)
         device = None
         if cuda_device >= 0:
             if not torch.cuda.is_available():
@@ -415,7 +416,7 @@ class ElmoEmbedder:
                 )
             device = torch.device("cuda", cuda_device)
         self.cuda_device = cuda_device
-        self.elmo_bilm: ElmoBiLM = load_bilm(options_file, weight_file, device)
+        self.elmo_bilm: ElmoBiLM = load_bilm_files(files, device)
         for p in self.elmo_bilm.parameters():
             p.requires_grad_(False)
         self._runner = BiLMRunner(self.elmo_bilm, options, stateful=stateful)
