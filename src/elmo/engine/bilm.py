@@ -102,6 +102,15 @@ class FastBiLM:
     def config(self):
         return self.plain.config
 
+    def __getstate__(self) -> dict:
+        """For copies and pickles: the derived state (the weights in the engine's formats,
+        some of them opaque oneDNN tensors, and the token cache) is left out and rebuilt
+        from the plain model at the next call."""
+        state = self.__dict__.copy()
+        state["_weights"] = state["_signature"] = None
+        state["cache"] = TokenCache(self.cache.capacity)
+        return state
+
     def _sync(self) -> _Weights:
         """The engine's weights, rebuilt if the plain model's parameters changed."""
         signature = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.plain.parameters())
