@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import elmo
 from conftest import ALLENNLP, REFERENCE, fixture_batches, reference_sentences
 from elmo.allennlp import Elmo, ElmoEmbedder, batch_to_ids
 from elmo.chars import batch_to_char_ids
@@ -531,3 +532,23 @@ def test_engines_agree_and_fast_runs_without_gradients(tiny_model_files):
         Elmo(*tiny_model_files, 1, dtype="float16")
     embedder = ElmoEmbedder(*tiny_model_files, stateful=False, engine="plain")
     assert embedder._runner.fast is None
+
+
+@pytest.mark.parametrize("engine", ["auto", "plain"])
+def test_all_sentences_empty(tiny_model_files, engine):
+    """AllenNLP returns (B, 0, dim) representations and a (B, 0) mask for [[]]; so does every
+    interface here."""
+    ids = batch_to_ids([[], []])
+    assert ids.shape == (2, 0, 50)
+    module = Elmo(*tiny_model_files, 2, engine=engine)
+    out = module(ids)
+    assert [r.shape for r in out["elmo_representations"]] == [(2, 0, 32)] * 2
+    assert out["mask"].shape == (2, 0) and out["mask"].dtype == torch.bool
+    out = module(ids.unsqueeze(0))  # with an extra leading dimension too
+    assert out["elmo_representations"][0].shape == (1, 2, 0, 32) and out["mask"].shape == (1, 2, 0)
+    hub = elmo.load(*tiny_model_files, engine=engine)
+    for got in (hub(tokens=[[]]), hub([""]), hub(["   "])):
+        assert got["elmo"].shape == (1, 0, 32) and got["mask"].shape == (1, 0)
+        assert got["default"].shape == (1, 32) and not got["default"].any()
+    embedder = ElmoEmbedder(*tiny_model_files, engine=engine)
+    assert [a.shape for a in embedder.embed_batch([[]])] == [(3, 0, 32)]

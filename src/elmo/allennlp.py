@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import uuid
 import warnings
@@ -294,11 +295,13 @@ class Elmo(nn.Module):
 
         if word_inputs is not None:
             lead_shape = word_inputs.shape[:-1]
-            flat_words = word_inputs.reshape(-1, word_inputs.shape[-1])
+            flat_words = word_inputs.reshape(math.prod(lead_shape), word_inputs.shape[-1])
         else:
             lead_shape = inputs.shape[:-2]
             flat_words = None
-        flat_inputs = None if inputs is None else inputs.reshape(-1, *inputs.shape[-2:])
+        # explicit row counts: with no time steps (every sentence empty) -1 is ambiguous
+        rows = math.prod(lead_shape)
+        flat_inputs = None if inputs is None else inputs.reshape(rows, *inputs.shape[-2:])
 
         if self._own_bilm:
             layers, mask = self._run_bilm(self._char_ids(flat_inputs, flat_words))
