@@ -2,15 +2,17 @@ import numpy as np
 import pytest
 import torch
 
-from elmo.inputs import split_sentences, tokens_to_lists
+from elmo.inputs import padded_width, split_sentences, tokens_to_lists
 
 
 def test_default_signature_splitting():
-    assert split_sentences(["the  cat\tsat ", "", "   ", "hello"]) == [
-        ["the", "cat", "sat"],
+    """As the hub module's tf.string_split: on " " only, runs of spaces give no empty tokens."""
+    assert split_sentences(["the  cat\tsat ", "", "   ", "hello", "a\nb\u00a0c  d"]) == [
+        ["the", "cat\tsat"],
         [],
         [],
         ["hello"],
+        ["a\nb\u00a0c", "d"],
     ]
     assert split_sentences(np.array(["a b", "c"])) == [["a", "b"], ["c"]]
     assert split_sentences([b"caf\xc3\xa9 ok"]) == [["café", "ok"]]
@@ -90,3 +92,10 @@ def test_tokens_signature():
 def test_malformed_calls_say_what_was_expected(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_padded_width():
+    assert padded_width([["a", "b", "", ""], ["c", "", "", ""]]) == 4
+    assert padded_width(np.array([["a", ""], ["b", "c"]])) == 2
+    assert padded_width([["a"], ["b", "c", "d"]]) == 3
+    assert padded_width([]) == 0

@@ -27,9 +27,11 @@ def test_signatures_agree(tiny_module):
         a = tiny_module(["the cat sat", "hello"])
         b = tiny_module(tokens=[["the", "cat", "sat"], ["hello", ""]], sequence_len=[3, 1])
         c = tiny_module(tokens=[["the", "cat", "sat"], ["hello"]])
-        d = tiny_module(["  the \t cat   sat ", "hello  "])
+        d = tiny_module(["  the  cat   sat ", "hello  "])
+        tab = tiny_module(["the\tcat sat"])  # as the hub module: a tab is part of a token
     for key in a:
         assert torch.equal(a[key], b[key]) and torch.equal(a[key], c[key]) and torch.equal(a[key], d[key])
+    assert tab["mask"].sum().item() == 2
 
 
 def test_empty_sentences(tiny_module):
@@ -118,3 +120,43 @@ def test_device_and_dtype_follow_the_module(tiny_module):
     with torch.no_grad():
         out = tiny_module(["a b"])
     assert out["elmo"].dtype == torch.float32 and out["elmo"].device.type == "cpu"
+
+
+def test_tokens_signature_keeps_the_padded_width(tiny_module):
+    """The hub module's tokens signature: T is the padded input's width, zeros past each length."""
+    row = ["the", "cat", "sat", "on", "the", "mat", "", ""]
+    with torch.no_grad():
+        out = tiny_module(tokens=[row, row[:5] + [""] * 3], sequence_len=[6, 5])
+        alone = tiny_module(tokens=[row[:6]])
+    assert out["elmo"].shape == (2, 8, 32) and out["mask"].sum(dim=1).tolist() == [6, 5]
+    assert not out["elmo"][0, 6:].any() and not out["elmo"][1, 5:].any() and not out["word_emb"][1, 5:].any()
+    assert torch.allclose(out["elmo"][0, :6], alone["elmo"][0], atol=1e-6)
+    assert torch.allclose(out["default"][0], alone["default"][0], atol=1e-6)
+    # ragged token lists (no sequence_len): T is the longest sentence
+    assert tiny_module(tokens=[row[:3], row[:2]])["elmo"].shape == (2, 3, 32)
+
+
+def test_calls_written_for_the_hub_module(tiny_module):
+    with torch.no_grad():
+        want = tiny_module(["the cat sat", "hello"])
+        got = tiny_module(["the cat sat", "hello"], signature="default", as_dict=True)
+        assert torch.equal(got["elmo"], want["elmo"])
+        assert torch.equal(
+            tiny_module({"strings": ["the cat sat", "hello"]}, signature="default")["elmo"], want["elmo"]
+        )
+        tokens = tiny_module(
+            inputs={"tokens": [["the", "cat", "sat"], ["hello", "", ""]], "sequence_len": [3, 1]},
+            signature="tokens",
+            as_dict=True,
+        )
+        assert torch.equal(tokens["elmo"], want["elmo"])
+        # as_dict=False: the "default" output alone, as the hub module returns it
+        assert torch.equal(tiny_module(["the cat sat", "hello"], as_dict=False), want["default"])
+    with pytest.raises(ValueError, match="signature='tokens' does not fit the call"):
+        tiny_module(["a b"], signature="tokens")
+    with pytest.raises(TypeError, match="expected both 'tokens' and 'sequence_len'"):
+        tiny_module(inputs={"tokens": [["a"]]}, signature="tokens")
+    with pytest.raises(TypeError, match=r"expected the keys \['strings'\], found \['text'\]"):
+        tiny_module(inputs={"text": ["a"]})
+    with pytest.raises(ValueError, match="signature: expected 'default' or 'tokens', found 'other'"):
+        tiny_module(inputs={"strings": ["a"]}, signature="other")

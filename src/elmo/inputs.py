@@ -1,6 +1,8 @@
 """Checking and normalising the two input signatures of the TF Hub module.
 
-``default``: a list of sentence strings, split on runs of whitespace.
+``default``: a list of sentence strings, split on the space character as the hub module
+splits them (TensorFlow's ``tf.string_split`` with its default delimiter ``" "``): tabs,
+newlines and no-break spaces stay inside tokens, and runs of spaces give no empty tokens.
 ``tokens``: a list of token lists (ragged, or padded with ``""`` and given
 ``sequence_len``). Both become a list of token lists; malformed calls raise
 ``TypeError`` (wrong kinds) or ``ValueError`` (wrong values) saying what was expected.
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["split_sentences", "tokens_to_lists"]
+__all__ = ["padded_width", "split_sentences", "tokens_to_lists"]
 
 
 def _as_str(value: Any, where: str) -> str:
@@ -44,9 +46,9 @@ def _as_list(value: Any, what: str) -> list[Any]:
 
 
 def split_sentences(sentences: Any) -> list[list[str]]:
-    """The ``default`` signature: sentence strings to token lists.
-
-    Runs of whitespace collapse; an empty or blank string is a sentence of zero tokens.
+    """The ``default`` signature: sentence strings to token lists, split on ``" "`` only
+    (as the hub module: other whitespace is part of a token). Runs of spaces collapse; an
+    empty string or one of spaces is a sentence of zero tokens.
     """
     items = _as_list(sentences, "sentences")
     out = []
@@ -56,7 +58,7 @@ def split_sentences(sentences: Any) -> list[list[str]]:
                 f"sentences[{i}]: expected a string, found a {type(s).__name__}; "
                 "pass token lists as tokens=[[...], ...]"
             )
-        out.append(_as_str(s, f"sentences[{i}]").split())
+        out.append([t for t in _as_str(s, f"sentences[{i}]").split(" ") if t])
     return out
 
 
@@ -107,3 +109,11 @@ def tokens_to_lists(tokens: Any, sequence_len: Any = None) -> list[list[str]]:
                 words.pop()
         out.append(words)
     return out
+
+
+def padded_width(tokens: Any) -> int:
+    """The width of a padded ``tokens`` input (its longest row, padding included): the time
+    dimension of the hub module's outputs when ``sequence_len`` is given."""
+    if isinstance(tokens, (np.ndarray, torch.Tensor)) and tokens.ndim == 2:
+        return int(tokens.shape[1])
+    return max((len(_as_list(row, "tokens row")) for row in _as_list(tokens, "tokens")), default=0)

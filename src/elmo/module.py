@@ -22,7 +22,7 @@ from elmo.chars import batch_to_char_ids
 from elmo.choices import Layers, Precision
 from elmo.config import ElmoConfig
 from elmo.engine import DEFAULT_CACHE_SIZE, FastBiLM
-from elmo.inputs import split_sentences, tokens_to_lists
+from elmo.inputs import padded_width, split_sentences, tokens_to_lists
 from elmo.mix import ScalarMix
 from elmo.model import BiLMOutput, ElmoBiLM, LayerState
 from elmo.runner import BiLMRunner, EngineOptions
@@ -164,19 +164,43 @@ class ElmoModule(nn.Module):
         *,
         tokens: Any = None,
         sequence_len: Any = None,
-    ) -> dict[str, Tensor]:
+        inputs: Any = None,
+        signature: str | None = None,
+        as_dict: bool | None = None,
+    ) -> Any:
         """Embed a batch, given either sentence strings or ``tokens`` (+ ``sequence_len``).
 
         Returns ``word_emb`` [B, T, P], ``lstm_outputs1`` and ``lstm_outputs2``
         [B, T, 2P], ``elmo`` [B, T, 2P], ``default`` [B, 2P] (mean of ``elmo`` over the
-        real tokens) and ``mask`` [B, T] bool. Padded positions are exactly zero.
+        real tokens) and ``mask`` [B, T] bool. Padded positions are exactly zero. T is the
+        longest sentence; with ``sequence_len`` it is the padded width of ``tokens``, as
+        in the hub module.
+
+        Calls written for the hub module work as they are: ``m(x, signature="default",
+        as_dict=True)`` and ``m(inputs={"tokens": ..., "sequence_len": ...},
+        signature="tokens", as_dict=True)``; ``as_dict=False`` returns the ``default``
+        output alone, as the hub module does.
         """
+        if inputs is not None or isinstance(sentences, dict):
+            if inputs is not None and sentences is not None:
+                raise TypeError("pass the inputs once: positionally or as inputs=, not both")
+            given = sentences if inputs is None else inputs
+            sentences, tokens, sequence_len = self._signature_inputs(given, signature, tokens, sequence_len)
+        elif signature is not None:
+            expected = "tokens" if tokens is not None else "default"
+            if signature != expected:
+                raise ValueError(
+                    f"signature={signature!r} does not fit the call: its inputs are those of {expected!r}"
+                )
         if sentences is not None and tokens is not None:
             raise TypeError(
                 "pass either sentences (signature 'default') or tokens= (signature 'tokens'), not both"
             )
+        width = None
         if tokens is not None:
             batch = tokens_to_lists(tokens, sequence_len)
+            if sequence_len is not None:
+                width = padded_width(tokens)
         elif sequence_len is not None:
             raise TypeError("sequence_len= goes with tokens=; sentence strings need no lengths")
         elif sentences is None:
@@ -185,7 +209,31 @@ class ElmoModule(nn.Module):
             )
         else:
             batch = split_sentences(sentences)
-        return self.embed_tokens(batch)
+        out = self.embed_tokens(batch, width)
+        return out if as_dict is None or as_dict else out["default"]
+
+    @staticmethod
+    def _signature_inputs(given: Any, signature: str | None, tokens: Any, sequence_len: Any) -> tuple:
+        """``(sentences, tokens, sequence_len)`` of a hub-style call with an inputs dict."""
+        if tokens is not None or sequence_len is not None:
+            raise TypeError("pass tokens and sequence_len in the inputs dict or as keywords, not both")
+        if not isinstance(given, dict):
+            if signature == "tokens":
+                raise TypeError("signature='tokens' takes inputs={'tokens': ..., 'sequence_len': ...}")
+            return given, None, None
+        signature = signature or "default"
+        allowed = {"default": {"strings"}, "tokens": {"tokens", "sequence_len"}}.get(signature)
+        if allowed is None:
+            raise ValueError(f"signature: expected 'default' or 'tokens', found {signature!r}")
+        unknown = sorted(set(given) - allowed)
+        if unknown or not given:
+            expected, found = sorted(allowed), sorted(given)
+            raise TypeError(f"inputs of signature {signature!r}: expected the keys {expected}, found {found}")
+        if signature == "default":
+            return given["strings"], None, None
+        if "tokens" not in given or "sequence_len" not in given:
+            raise TypeError("inputs of signature 'tokens': expected both 'tokens' and 'sequence_len'")
+        return None, given["tokens"], given["sequence_len"]
 
     def embed(
         self,
@@ -230,10 +278,14 @@ class ElmoModule(nn.Module):
         )
         return embed_file(self, job)
 
-    def embed_tokens(self, batch: list[list[str]]) -> dict[str, Tensor]:
-        """The outputs for an already tokenized batch (a list of token lists)."""
-        char_ids = batch_to_char_ids(batch, self.config.char_cnn.max_characters_per_token).to(self.device)
-        return self.embed_char_ids(char_ids)
+    def embed_tokens(self, batch: list[list[str]], width: int | None = None) -> dict[str, Tensor]:
+        """The outputs for an already tokenized batch (a list of token lists); ``width``
+        pads the time dimension to at least that many steps."""
+        char_ids = batch_to_char_ids(batch, self.config.char_cnn.max_characters_per_token)
+        if width is not None and width > char_ids.shape[1]:
+            pad = char_ids.new_zeros(char_ids.shape[0], width - char_ids.shape[1], char_ids.shape[2])
+            char_ids = torch.cat([char_ids, pad], dim=1)
+        return self.embed_char_ids(char_ids.to(self.device))
 
     def embed_char_ids(self, char_ids: Tensor) -> dict[str, Tensor]:
         """The outputs for character ids [B, T, C] (+1 shifted, 0 for padding tokens)."""
