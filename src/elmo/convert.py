@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from elmo.config import ElmoConfig
-from elmo.errors import ElmoError
+from elmo.errors import ConvertError
 from elmo.model import ElmoBiLM
 from elmo.train.tfcheckpoint import CheckpointReader, latest_checkpoint
 from elmo.weights import dataset_layout
@@ -55,7 +55,6 @@ __all__ = [
     "FORMATS",
     "HUB_DEFAULTS",
     "ConversionResult",
-    "ConvertError",
     "configure_parser",
     "convert",
     "convert_bilm_tf_checkpoint",
@@ -76,10 +75,6 @@ HUB_DEFAULTS: dict[str, Any] = {
     "lstm": {"cell_clip": 3, "proj_clip": 3, "use_skip_connections": True},
     "char_cnn": {"activation": "relu", "max_characters_per_token": 50, "n_characters": 262},
 }
-
-
-class ConvertError(ElmoError, ValueError):
-    """A checkpoint that cannot be converted: missing variables, wrong shapes, bad output."""
 
 
 @dataclass

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from elmo.config import ElmoConfig
-from elmo.errors import ConfigError, ElmoError, WeightsError
+from elmo.errors import ConfigError, DownloadError, WeightsError
 from elmo.weights import check_weights
 
 try:
@@ -49,7 +49,6 @@ except ImportError:  # Windows: no advisory locks; see _model_lock
 
 __all__ = [
     "PUBLISHED_BASE_URL",
-    "DownloadError",
     "ReleasedModel",
     "default_cache_dir",
     "download_model",
@@ -68,10 +67,6 @@ _BACKOFF = 0.5
 _MAX_BACKOFF = 30.0
 # Names become directory names and must never be mistaken for paths.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-class DownloadError(ElmoError, OSError):
-    """A released model that could not be downloaded, or whose download is not valid."""
 
 
 @dataclass(frozen=True)

@@ -30,21 +30,17 @@ import numpy as np
 import torch
 
 from elmo.embedder import embed_iter
-from elmo.errors import ElmoError
+from elmo.errors import EmbedFileError
 from elmo.model import LayerState
 
 if TYPE_CHECKING:
     from elmo.module import ElmoModule
 
-__all__ = ["FILE_LAYERS", "EmbedFileError", "EmbedJob", "embed_file"]
+__all__ = ["FILE_LAYERS", "EmbedJob", "embed_file"]
 
 FILE_LAYERS = ("all", "top", "average", "elmo", "default")
 _MANIFEST = "manifest.json"
 _FORMAT_VERSION = 1
-
-
-class EmbedFileError(ElmoError):
-    """A problem with the input, the output or an interrupted run, stated for the user."""
 
 
 @dataclass

@@ -30,12 +30,11 @@ import numpy as np
 import torch
 
 from elmo.chars import token_to_char_ids
-from elmo.errors import ElmoError
+from elmo.errors import VocabEmbeddingsError
 from elmo.model import MIN_ROWS, ElmoBiLM, TokenEncoder
 from elmo.module import ElmoModule
 
 __all__ = [
-    "VocabEmbeddingsError",
     "configure_parser",
     "iter_vocab_embeddings",
     "read_vocab",
@@ -46,10 +45,6 @@ __all__ = [
 
 # bilm-tf's vocabulary reader ignores this line (it marks the id range of old vocabularies).
 _MAXTERMID = "!!!MAXTERMID"
-
-
-class VocabEmbeddingsError(ElmoError, ValueError):
-    """A vocabulary file or an output path that cannot be used, stated for the user."""
 
 
 def _bilm_of(model: Any) -> ElmoBiLM:

@@ -19,16 +19,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from elmo.errors import ElmoError
+from elmo.errors import CheckpointError
 
-__all__ = ["FORMAT", "Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = ["FORMAT", "Checkpoint", "load_checkpoint", "save_checkpoint"]
 
 FORMAT = "elmo-train-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(ElmoError, ValueError):
-    """A training checkpoint that is missing, corrupt or does not fit the run."""
 
 
 @dataclass

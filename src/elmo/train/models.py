@@ -26,7 +26,7 @@ import torch
 
 from elmo.config import ElmoConfig
 from elmo.default_model import DEFAULT_MODEL_NAME, default_model_dir
-from elmo.errors import ElmoError
+from elmo.errors import ModelError
 from elmo.train.checkpoint import load_checkpoint
 from elmo.train.lm import TrainingBiLM
 from elmo.train.optim import Adagrad
@@ -36,7 +36,6 @@ from elmo.weights import load_weights, save_weights
 __all__ = [
     "LM_HEAD",
     "LoadedLM",
-    "ModelError",
     "export_model",
     "load_initial_weights",
     "load_language_model",
@@ -45,10 +44,6 @@ __all__ = [
 log = logging.getLogger("elmo.train")
 
 LM_HEAD = "lm_head.hdf5"
-
-
-class ModelError(ElmoError, ValueError):
-    """A language model that cannot be found or read."""
 
 
 @dataclass

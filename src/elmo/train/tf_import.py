@@ -15,22 +15,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from elmo.errors import ElmoError
+from elmo.errors import TFImportError
 from elmo.train.lm import TrainingBiLM
 from elmo.train.optim import Adagrad
 from elmo.train.tfcheckpoint import latest_checkpoint, list_variables, read_variables
 
 __all__ = [
-    "TFImportError",
     "assign_tf_variables",
     "load_bilm_tf_checkpoint",
     "resolve_checkpoint",
     "tf_variable_names",
 ]
-
-
-class TFImportError(ElmoError, ValueError):
-    """A bilm-tf checkpoint that does not fit the model its options describe."""
 
 
 def tf_variable_names(model: TrainingBiLM) -> dict[str, str]:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from elmo.chars import BOS_CHAR, BOS_TOKEN, BOW_CHAR, EOS_CHAR, EOS_TOKEN, EOW_CHAR, PAD_CHAR
-from elmo.errors import ElmoError
+from elmo.errors import DataError, VocabularyError
 
 __all__ = [
     "MAXTERMID",
@@ -41,7 +41,6 @@ __all__ = [
     "SPECIAL_TOKENS",
     "UNK_TOKEN",
     "Vocabulary",
-    "VocabularyError",
     "build_vocab",
     "configure_parser",
     "run",
@@ -57,10 +56,6 @@ SPECIAL_TOKENS = (BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
 MAXTERMID = "!!!MAXTERMID"
 # The training char_embed has one row per id 0..260 (bilm-tf refuses any other value).
 N_TRAINING_CHARACTERS = 261
-
-
-class VocabularyError(ElmoError, ValueError):
-    """A vocabulary file or word list that bilm-tf's ``Vocabulary`` cannot use."""
 
 
 # --------------------------------------------------------------------------- chars
@@ -231,11 +226,11 @@ def token_counts(paths: Iterable[str | os.PathLike[str]]) -> Counter[str]:
     """Occurrences of every token in ``paths`` (one tokenized sentence a line).
 
     Streams the files line by line, so memory holds the counter, not the text. Raises
-    :class:`elmo.train.data.DataError` for no files, for a file holding ``<S>`` or
+    :class:`elmo.errors.DataError` for no files, for a file holding ``<S>`` or
     ``</S>`` as a token (bilm-tf adds those markers itself; the error names the file and
     line) and for text that is not UTF-8.
     """
-    from elmo.train.data import DataError, iter_lines
+    from elmo.train.data import iter_lines
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -282,8 +277,6 @@ def build_vocab(
     order of first occurrence (files in the given order). See :func:`token_counts` for
     the errors; an empty corpus (no token at all) is an error too.
     """
-    from elmo.train.data import DataError
-
     files = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     counts = token_counts(files)
     if not counts:
@@ -330,7 +323,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``elmo vocab``: count the corpus, write the vocabulary, print a summary to stderr."""
-    from elmo.train.data import DataError, find_shards
+    from elmo.train.data import find_shards
 
     files = find_shards(args.corpus)
     counts = token_counts(files)
