@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from elmo.atomic import publish
 from elmo.config import ElmoConfig
 from elmo.errors import ConfigError, DownloadError, WeightsError
 from elmo.weights import check_weights
@@ -436,7 +437,7 @@ class _Download:
                 f"the elmo {self.model.name!r} {kind} downloaded from {url} are not valid, so they were "
                 f"deleted ({e}); is {url} the right address?"
             ) from None
-        os.replace(partial, dest)
+        publish(partial, dest)
         _validator_path(partial).unlink(missing_ok=True)
 
     def _attempt(self, kind: str, url: str, partial: Path, size: int | None) -> None:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import h5py
 import numpy as np
 import torch
 
+from elmo.atomic import atomic_dir
 from elmo.config import ElmoConfig
 from elmo.default_model import DEFAULT_MODEL_NAME, default_model_dir
 from elmo.errors import ModelError
@@ -211,10 +210,7 @@ def export_model(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ModelError(f"{out}: exists and is not empty (pass overwrite=True / --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkdtemp: its private 0700 mode would stay on the published directory.
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    with atomic_dir(out) as tmp:
         config = loaded.model.config.inference_options()
         inference = ElmoConfig(char_cnn=config.char_cnn, lstm=config.lstm)
         inference.to_json(tmp / "options.json")
@@ -228,14 +224,4 @@ def export_model(
             (tmp / "training_options.json").write_text(
                 json.dumps(loaded.model.config.to_dict(), indent=2) + "\n", encoding="utf-8"
             )
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out

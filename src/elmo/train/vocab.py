@@ -24,7 +24,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from elmo.atomic import write_text_atomic
 from elmo.chars import BOS_CHAR, BOS_TOKEN, BOW_CHAR, EOS_CHAR, EOS_TOKEN, EOW_CHAR, PAD_CHAR
 from elmo.errors import DataError, VocabularyError
 
@@ -160,7 +160,7 @@ class Vocabulary:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the vocabulary, one token a line, atomically (a temporary file, then a rename)."""
-        _write_atomically(Path(path), "".join(w + "\n" for w in self._words))
+        write_text_atomic(path, "".join(w + "\n" for w in self._words))
 
     @property
     def words(self) -> list[str]:
@@ -284,24 +284,6 @@ def build_vocab(
     return vocab_from_counts(counts, min_count=min_count, max_size=max_size)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    # A reader (or a crash) never sees a half-written file: write beside it, then rename.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------- CLI
 def configure_parser(p: argparse.ArgumentParser) -> None:
     """Arguments of ``elmo vocab``."""
@@ -332,7 +314,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{', '.join(args.corpus)}: no tokens in {len(files)} file(s)")
     words = vocab_from_counts(counts, min_count=args.min_count, max_size=args.max_size)
     covered = sum(counts[w] for w in words[len(SPECIAL_TOKENS) :])
-    _write_atomically(Path(args.output), "".join(w + "\n" for w in words))
+    write_text_atomic(args.output, "".join(w + "\n" for w in words))
     print(
         f"elmo vocab: {total:,} tokens ({len(counts):,} distinct) in {len(files):,} file(s); "
         f"wrote {len(words):,} entries to {args.output}, covering {100.0 * covered / total:.2f}% of tokens",
