@@ -54,7 +54,6 @@ __all__ = [
     "default_cache_dir",
     "download_model",
     "is_model_name",
-    "known_models",
     "register_model",
     "resolve_model",
 ]
@@ -107,11 +106,6 @@ def register_model(
     model = ReleasedModel(name, options_url, weights_url, size, description)
     _REGISTRY[name] = model
     return model
-
-
-def known_models() -> dict[str, ReleasedModel]:
-    """The registered models by name (a copy)."""
-    return dict(_REGISTRY)
 
 
 def is_model_name(name: object) -> bool:

@@ -19,7 +19,7 @@ from elmo.inputs import _as_str
 if TYPE_CHECKING:
     from elmo.module import ElmoModule
 
-__all__ = ["LAYER_CHOICES", "embed", "embed_iter", "layer_width"]
+__all__ = ["LAYER_CHOICES", "embed", "embed_iter"]
 
 LAYER_CHOICES = ("all", "top", "average", "elmo", "word_emb", "default")
 # Sentences sorted together; bounds the memory of the reordering buffer.
@@ -34,12 +34,6 @@ def _as_tokens(sentence: Any, index: int) -> list[str]:
     raise TypeError(
         f"sentences[{index}]: expected a string or a list of token strings, found {type(sentence).__name__}"
     )
-
-
-def layer_width(module: ElmoModule, layers: str) -> int:
-    """Width of the last axis of the arrays :func:`embed` returns for ``layers``."""
-    proj = module.config.lstm.projection_dim
-    return proj if layers == "word_emb" else 2 * proj
 
 
 def _check_layers(layers: str) -> None:

@@ -37,7 +37,6 @@ from elmo.errors import DataError, VocabularyError
 
 __all__ = [
     "MAXTERMID",
-    "N_TRAINING_CHARACTERS",
     "SPECIAL_TOKENS",
     "UNK_TOKEN",
     "Vocabulary",
@@ -54,8 +53,6 @@ log = logging.getLogger(__name__)
 UNK_TOKEN = "<UNK>"
 SPECIAL_TOKENS = (BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
 MAXTERMID = "!!!MAXTERMID"
-# The training char_embed has one row per id 0..260 (bilm-tf refuses any other value).
-N_TRAINING_CHARACTERS = 261
 
 
 # --------------------------------------------------------------------------- chars
