@@ -315,7 +315,7 @@ def _work_profile(a: argparse.Namespace) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from elmo.engine.flops import model_flops
-    from elmo.engine.precision import executed_flops
+    from elmo.engine.precision import count_flops
 
     sents = sorted(_read(a.sentences), key=len)
     m = _load(a, "fast", a.dtype)
@@ -326,10 +326,9 @@ def _work_profile(a: argparse.Namespace) -> dict:
     # profiled one; both start with an empty token cache.
     wall_plain = _timed_loop(m, sents, a.batch_size)
     m.fast.cache.clear()
-    executed_flops(reset=True)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with count_flops() as counter, profile(activities=[ProfilerActivity.CPU]) as prof:
         wall = _timed_loop(m, sents, a.batch_size)
-    executed = executed_flops()
+    executed = counter.flops
     kinds = dict.fromkeys([*_KINDS, "other ops"], 0.0)
     for ev in prof.key_averages():
         kind = next((k for k, names in _KINDS.items() if ev.key in names), "other ops")

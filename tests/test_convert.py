@@ -15,7 +15,6 @@ import torch
 import elmo
 from conftest import BILMTF
 from elmo.convert import (
-    ConvertError,
     configure_parser,
     convert,
     convert_bilm_tf_checkpoint,
@@ -25,7 +24,7 @@ from elmo.convert import (
     infer_options,
     run,
 )
-from elmo.errors import ElmoError
+from elmo.errors import ConvertError, ElmoError
 from tfckpt_writer import write_checkpoint, write_state_file
 
 GENERATED = BILMTF / "generated"

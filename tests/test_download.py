@@ -28,7 +28,8 @@ import elmo
 from conftest import ALLENNLP
 from elmo import cli, download
 from elmo.config import ElmoConfig
-from elmo.download import DownloadError, default_cache_dir, download_model, register_model
+from elmo.download import default_cache_dir, download_model, register_model
+from elmo.errors import DownloadError
 from elmo.resolve import resolve
 
 OPTIONS = (ALLENNLP / "options.json").read_bytes()

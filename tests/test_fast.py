@@ -15,7 +15,7 @@ import elmo
 from conftest import random_model, reference_sentences
 from elmo.chars import batch_to_char_ids
 from elmo.engine import FastBiLM, TokenCache, precision
-from elmo.engine.precision import Linear, PairLinear, native_bfloat16
+from elmo.engine.precision import Linear, PairLinear, count_flops, native_bfloat16
 from elmo.engine.recurrent import PackedBatch
 from elmo.model import MIN_ROWS, BiLMOutput, ElmoBiLM, LayerState
 
@@ -365,6 +365,24 @@ def test_pair_linear_is_two_products(bias):
         assert got.shape == (2, rows, 80)
         want = x[:, :rows].double() @ w.double() + (b.double().unsqueeze(1) if bias else 0)
         assert _diff(got.double(), want) <= 1e-5
+
+
+def test_flops_are_counted_inside_count_flops_only():
+    """Multiply-add = 2, padding rows included (what runs); nothing counted outside a block."""
+    torch.manual_seed(3)
+    lin = Linear(torch.randn(32, 96), None, "float32")
+    pair = PairLinear((torch.randn(16, 8), torch.randn(16, 8)), None, "float32")
+    lin(torch.randn(40, 32))
+    with count_flops() as outer:
+        lin(torch.randn(40, 32))
+        with count_flops() as inner:
+            lin(torch.randn(3, 32))  # padded to MIN_ROWS rows
+            pair(torch.randn(2, 40, 16))
+        assert inner.flops == 2 * MIN_ROWS * 32 * 96 + 2 * 2 * 40 * 16 * 8
+    assert outer.flops == 2 * 40 * 32 * 96 + inner.flops
+    lin(torch.randn(40, 32))
+    assert outer.flops == 2 * 40 * 32 * 96 + inner.flops
+    assert precision._counter is None
 
 
 def test_token_cache_is_lru():

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import BILMTF
-from elmo.errors import ElmoError
+from elmo.errors import ElmoError, TFCheckpointError
 from elmo.train.tfcheckpoint import (
-    CheckpointError,
     CheckpointReader,
     crc32c,
     latest_checkpoint,
@@ -80,7 +79,7 @@ def test_latest_checkpoint_accepts_prefix_and_its_files():
 
 def test_released_model_fixture_has_no_tf_checkpoint():
     """bilm-tf/model holds only the dumped hdf5 weights: nothing to compare there."""
-    with pytest.raises(CheckpointError, match="no TensorFlow checkpoint"):
+    with pytest.raises(TFCheckpointError, match="no TensorFlow checkpoint"):
         latest_checkpoint(BILMTF / "model")
 
 
@@ -103,22 +102,22 @@ def test_state_file_absolute_and_moved_paths(tmp_path):
     (folder / "checkpoint").write_text('model_checkpoint_path: "/elsewhere/run/model_init.ckpt"\n')
     assert latest_checkpoint(folder) == folder / "model_init.ckpt"
     (folder / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-999"\n')
-    with pytest.raises(CheckpointError, match=r"model\.ckpt-999"):
+    with pytest.raises(TFCheckpointError, match=r"model\.ckpt-999"):
         latest_checkpoint(folder)
     (folder / "checkpoint").write_text("nothing useful\n")
-    with pytest.raises(CheckpointError, match="model_checkpoint_path"):
+    with pytest.raises(TFCheckpointError, match="model_checkpoint_path"):
         latest_checkpoint(folder)
 
 
 def test_directory_without_state_file(tmp_path):
     folder = _copy_run(tmp_path)
     (folder / "checkpoint").unlink()
-    with pytest.raises(CheckpointError, match="several checkpoints"):
+    with pytest.raises(TFCheckpointError, match="several checkpoints"):
         latest_checkpoint(folder)
     for f in folder.glob("model_*"):
         f.unlink()
     assert latest_checkpoint(folder) == folder / "model.ckpt-60"
-    with pytest.raises(CheckpointError, match="no such checkpoint"):
+    with pytest.raises(TFCheckpointError, match="no such checkpoint"):
         latest_checkpoint(tmp_path / "absent" / "model.ckpt")
 
 
@@ -153,9 +152,9 @@ def test_snappy_round_trip_and_hand_made_block():
     # "abcd", then a 1-byte-offset copy of 8 bytes at distance 4 (overlapping its output).
     hand = bytes([12, 3 << 2]) + b"abcd" + bytes([(8 - 4) << 2 | 1, 4])
     assert snappy_decompress(hand) == b"abcdabcdabcd"
-    with pytest.raises(CheckpointError, match="bad copy"):
+    with pytest.raises(TFCheckpointError, match="bad copy"):
         snappy_decompress(bytes([8, 0]) + b"a" + bytes([(8 - 4) << 2 | 1, 9]))
-    with pytest.raises(CheckpointError, match="header says"):
+    with pytest.raises(TFCheckpointError, match="header says"):
         snappy_decompress(bytes([5, 0]) + b"a")
 
 
@@ -224,7 +223,7 @@ def small_ckpt(tmp_path) -> Path:
 
 
 def test_error_is_an_elmo_error():
-    assert issubclass(CheckpointError, ElmoError) and issubclass(CheckpointError, ValueError)
+    assert issubclass(TFCheckpointError, ElmoError) and issubclass(TFCheckpointError, ValueError)
 
 
 def test_truncated_index(tmp_path):
@@ -232,10 +231,10 @@ def test_truncated_index(tmp_path):
     index = folder / "model.ckpt-60.index"
     data = index.read_bytes()
     index.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"model\.ckpt-60\.index: .*(magic|truncated)"):
+    with pytest.raises(TFCheckpointError, match=r"model\.ckpt-60\.index: .*(magic|truncated)"):
         read_variables(folder)
     index.write_bytes(data[:20])
-    with pytest.raises(CheckpointError, match="too short"):
+    with pytest.raises(TFCheckpointError, match="too short"):
         list_variables(folder)
 
 
@@ -244,7 +243,7 @@ def test_corrupt_index_block(small_ckpt):
     data = bytearray(index.read_bytes())
     data[10] ^= 0x40
     index.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="checksum mismatch"):
+    with pytest.raises(TFCheckpointError, match="checksum mismatch"):
         CheckpointReader(small_ckpt)
 
 
@@ -256,7 +255,7 @@ def test_corrupted_data_byte_fails_the_checksum(tmp_path):
     data = bytearray(data_file.read_bytes())
     data[entry.offset + 5] ^= 0x01
     data_file.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=r"data-00000-of-00001: variable 'lm/CNN/W_cnn_2': checksum"):
+    with pytest.raises(TFCheckpointError, match=r"data-00000-of-00001: variable 'lm/CNN/W_cnn_2': checksum"):
         read_variables(prefix)
     # Other variables are intact, and verification can be turned off.
     assert read_variables(prefix, ["lm/CNN/W_cnn_1"])["lm/CNN/W_cnn_1"].shape == (1, 2, 4, 8)
@@ -266,7 +265,7 @@ def test_corrupted_data_byte_fails_the_checksum(tmp_path):
 def test_truncated_data_file(small_ckpt):
     data_file = small_ckpt.with_name("model.ckpt.data-00000-of-00001")
     data_file.write_bytes(data_file.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match=r"has 100 \(truncated\?\)"):
+    with pytest.raises(TFCheckpointError, match=r"has 100 \(truncated\?\)"):
         read_variables(small_ckpt)
 
 
@@ -274,22 +273,22 @@ def test_missing_data_shard(tmp_path):
     prefix = write_checkpoint(tmp_path / "model.ckpt", _variety(), num_shards=2)
     prefix.with_name("model.ckpt.data-00001-of-00002").unlink()
     reader = CheckpointReader(prefix)  # the index alone is fine
-    with pytest.raises(CheckpointError, match=r"data-00001-of-00002: checkpoint data file not found"):
+    with pytest.raises(TFCheckpointError, match=r"data-00001-of-00002: checkpoint data file not found"):
         reader.read_many()
 
 
 def test_not_a_checkpoint(tmp_path):
     fake = tmp_path / "weights"
     fake.with_name("weights.index").write_bytes(b"this is not a table" * 10)
-    with pytest.raises(CheckpointError, match="bad table magic"):
+    with pytest.raises(TFCheckpointError, match="bad table magic"):
         read_variables(fake)
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(TFCheckpointError, match="does not exist"):
         read_variables(BILMTF / "model" / "lm_weights.hdf5")
 
 
 def test_unknown_variable_lists_close_names(small_ckpt):
     with pytest.raises(
-        CheckpointError, match=r"no variable 'scope/layer_01/kernal'.*close names: scope/layer_01/kernel"
+        TFCheckpointError, match=r"no variable 'scope/layer_01/kernal'.*close names: scope/layer_01/kernel"
     ):
         read_variables(small_ckpt, ["scope/layer_01/kernal"])
 
@@ -300,5 +299,5 @@ def test_unsupported_dtype(tmp_path):
     write_table(prefix.with_name("s.index"), items)
     prefix.with_name("s.data-00000-of-00001").write_bytes(b"\x05hello")
     assert list_variables(prefix)["text"] == (np.dtype(object), (1,))
-    with pytest.raises(CheckpointError, match="'text': dtype DT_STRING is not supported"):
+    with pytest.raises(TFCheckpointError, match="'text': dtype DT_STRING is not supported"):
         read_variables(prefix)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import BILMTF
+from elmo.errors import DataError
 from elmo.train import data as data_module
 from elmo.train.data import (
-    DataError,
     LMBatches,
     SentenceStream,
     count_tokens,

@@ -17,10 +17,11 @@ import torch
 import elmo
 from conftest import ROOT, SHARED
 from elmo.chars import batch_to_char_ids
+from elmo.errors import TrainError
 from elmo.train.checkpoint import load_checkpoint
 from elmo.train.evaluate import perplexity
 from elmo.train.models import export_model, load_language_model
-from elmo.train.trainer import RunSettings, Trainer, TrainError
+from elmo.train.trainer import RunSettings, Trainer
 from elmo.train.vocab import Vocabulary, build_vocab
 
 WIKI = SHARED / "data" / "wikitext-2" / "sentences" / "train" / "shard-00000.txt"

@@ -11,10 +11,9 @@ import pytest
 
 from conftest import BILMTF
 from elmo.chars import token_to_char_ids
-from elmo.train.data import DataError
+from elmo.errors import DataError, VocabularyError
 from elmo.train.vocab import (
     Vocabulary,
-    VocabularyError,
     build_vocab,
     configure_parser,
     run,

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import ALLENNLP
+from elmo.errors import VocabEmbeddingsError
 from elmo.vocab_embeddings import (
-    VocabEmbeddingsError,
     configure_parser,
     read_vocab,
     run,

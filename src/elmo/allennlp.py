@@ -34,11 +34,9 @@ import itertools
 import json
 import math
 import os
-import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import IO, Any
 
 import h5py
@@ -46,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from elmo.atomic import atomic_path
 from elmo.chars import batch_to_char_ids
 from elmo.config import ElmoConfig
 from elmo.engine import DEFAULT_CACHE_SIZE
@@ -514,33 +513,24 @@ class ElmoEmbedder:
                 f"found {output_format!r}"
             )
         _check_batch_size(batch_size)
-        output_file_path = Path(output_file_path)
-        tmp = output_file_path.with_name(f".{output_file_path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            with _lines(input_file) as lines, h5py.File(tmp, "x") as fout:
-                sentence_to_index: dict[str, str] = {}
-                numbered = enumerate(line.strip() for line in lines)
-                while group := list(itertools.islice(numbered, batch_size)):
-                    embeddings = self.embed_batch([sentence.split() for _, sentence in group])
-                    for (index, sentence), embedding in zip(group, embeddings):
-                        key = sentence if use_sentence_keys else str(index)
-                        if not forget_sentences and not use_sentence_keys:
-                            sentence_to_index[sentence] = key
-                        _write_entry(fout, key, _format(embedding, output_format), index, use_sentence_keys)
-                if not forget_sentences:
-                    if _SENTENCE_TO_INDEX in fout:
-                        raise ValueError(
-                            f"a line reads {_SENTENCE_TO_INDEX!r}, the name of the index dataset; "
-                            "pass forget_sentences=True or do not use sentence keys"
-                        )
-                    dataset = fout.create_dataset(_SENTENCE_TO_INDEX, (1,), dtype=h5py.string_dtype())
-                    dataset[0] = json.dumps(sentence_to_index)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, output_file_path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_path(output_file_path) as tmp, _lines(input_file) as lines, h5py.File(tmp, "x") as fout:
+            sentence_to_index: dict[str, str] = {}
+            numbered = enumerate(line.strip() for line in lines)
+            while group := list(itertools.islice(numbered, batch_size)):
+                embeddings = self.embed_batch([sentence.split() for _, sentence in group])
+                for (index, sentence), embedding in zip(group, embeddings):
+                    key = sentence if use_sentence_keys else str(index)
+                    if not forget_sentences and not use_sentence_keys:
+                        sentence_to_index[sentence] = key
+                    _write_entry(fout, key, _format(embedding, output_format), index, use_sentence_keys)
+            if not forget_sentences:
+                if _SENTENCE_TO_INDEX in fout:
+                    raise ValueError(
+                        f"a line reads {_SENTENCE_TO_INDEX!r}, the name of the index dataset; "
+                        "pass forget_sentences=True or do not use sentence keys"
+                    )
+                dataset = fout.create_dataset(_SENTENCE_TO_INDEX, (1,), dtype=h5py.string_dtype())
+                dataset[0] = json.dumps(sentence_to_index)
 
 
 def _check_batch_size(batch_size: int) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from elmo.atomic import write_json_atomic
 from elmo.errors import ConfigError
 
 __all__ = ["PRESETS", "CharCNNConfig", "ElmoConfig", "LSTMConfig"]
@@ -219,11 +220,8 @@ class ElmoConfig:
         return out
 
     def to_json(self, path: str | os.PathLike[str]) -> None:
-        """Write ``options.json`` atomically (a temporary file renamed into place)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        """Write ``options.json`` atomically (see :mod:`elmo.atomic`)."""
+        write_json_atomic(path, self.to_dict(), indent=2)
 
     def inference_options(self) -> ElmoConfig:
         """This config in the released inference form (262 characters, skip key explicit).

@@ -33,9 +33,7 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +43,9 @@ import h5py
 import numpy as np
 import torch
 
+from elmo.atomic import atomic_dir
 from elmo.config import ElmoConfig
-from elmo.errors import ElmoError
+from elmo.errors import ConvertError
 from elmo.model import ElmoBiLM
 from elmo.train.tfcheckpoint import CheckpointReader, latest_checkpoint
 from elmo.weights import dataset_layout
@@ -55,7 +54,6 @@ __all__ = [
     "FORMATS",
     "HUB_DEFAULTS",
     "ConversionResult",
-    "ConvertError",
     "configure_parser",
     "convert",
     "convert_bilm_tf_checkpoint",
@@ -76,10 +74,6 @@ HUB_DEFAULTS: dict[str, Any] = {
     "lstm": {"cell_clip": 3, "proj_clip": 3, "use_skip_connections": True},
     "char_cnn": {"activation": "relu", "max_characters_per_token": 50, "n_characters": 262},
 }
-
-
-class ConvertError(ElmoError, ValueError):
-    """A checkpoint that cannot be converted: missing variables, wrong shapes, bad output."""
 
 
 @dataclass
@@ -393,26 +387,6 @@ def _check_output(out_dir: Path, overwrite: bool, source_dir: Path) -> None:
         )
 
 
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Move the finished ``tmp`` to ``out_dir``, replacing what is there."""
-    old = None
-    if out_dir.exists():
-        if any(out_dir.iterdir()):
-            # A directory cannot be renamed over a non-empty one: move it aside first.
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-            os.replace(out_dir, old)
-        else:
-            out_dir.rmdir()
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:
-        if old is not None:
-            os.replace(old, out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _write(
     out_dir: Path, v: _Variables, config: ElmoConfig, fmt: str, overwrite: bool, mix: dict | None
 ) -> ConversionResult:
@@ -420,18 +394,11 @@ def _write(
     _check_output(out_dir, overwrite, prefix.parent)
     plan, filled = _plan(v, config)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkdtemp: its 0700 mode would stay on the published directory.
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    with atomic_dir(out_dir) as tmp:
         _write_weights(tmp / "weights.hdf5", v, plan, config)
         config.to_json(tmp / "options.json")
         if mix is not None:
             (tmp / MIX_FILE).write_text(json.dumps(mix, indent=2) + "\n", encoding="utf-8")
-        _publish(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return ConversionResult(out_dir, prefix, fmt, config, v.ignored, filled, mix)
 
 

@@ -39,8 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from elmo.atomic import publish
 from elmo.config import ElmoConfig
-from elmo.errors import ConfigError, ElmoError, WeightsError
+from elmo.errors import ConfigError, DownloadError, WeightsError
 from elmo.weights import check_weights
 
 try:
@@ -50,14 +51,12 @@ except ImportError:  # Windows: no advisory locks; see _model_lock
 
 __all__ = [
     "PUBLISHED_BASE_URL",
-    "DownloadError",
     "ReleasedModel",
     "default_cache_dir",
     "download_model",
     "download_urls",
     "is_model_name",
     "is_url",
-    "known_models",
     "register_model",
 ]
 
@@ -70,10 +69,6 @@ _BACKOFF = 0.5
 _MAX_BACKOFF = 30.0
 # Names become directory names and must never be mistaken for paths.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-class DownloadError(ElmoError, OSError):
-    """A released model that could not be downloaded, or whose download is not valid."""
 
 
 @dataclass(frozen=True)
@@ -113,11 +108,6 @@ def register_model(
     model = ReleasedModel(name, options_url, weights_url, size, description)
     _REGISTRY[name] = model
     return model
-
-
-def known_models() -> dict[str, ReleasedModel]:
-    """The registered models by name (a copy)."""
-    return dict(_REGISTRY)
 
 
 def is_model_name(name: object) -> bool:
@@ -502,7 +492,7 @@ class _Download:
                 f"the elmo {self.model.name!r} {kind} downloaded from {url} are not valid, so they were "
                 f"deleted ({e}); is {url} the right address?"
             ) from None
-        os.replace(partial, dest)
+        publish(partial, dest)
         _validator_path(partial).unlink(missing_ok=True)
 
     def _attempt(self, kind: str, url: str, partial: Path, size: int | None) -> None:

@@ -19,7 +19,7 @@ from elmo.config import ElmoConfig
 from elmo.inputs import _as_str
 from elmo.model import widen_token_layer
 
-__all__ = ["LAYER_CHOICES", "TokenEmbedder", "embed", "embed_iter", "layer_width"]
+__all__ = ["LAYER_CHOICES", "TokenEmbedder", "embed", "embed_iter"]
 
 LAYER_CHOICES = LAYERS
 
@@ -48,12 +48,6 @@ def _as_tokens(sentence: Any, index: int) -> list[str]:
     raise TypeError(
         f"sentences[{index}]: expected a string or a list of token strings, found {type(sentence).__name__}"
     )
-
-
-def layer_width(module: TokenEmbedder, layers: str) -> int:
-    """Width of the last axis of the arrays :func:`embed` returns for ``layers``."""
-    proj = module.config.lstm.projection_dim
-    return proj if layers == "word_emb" else 2 * proj
 
 
 def _check_layers(layers: str) -> None:

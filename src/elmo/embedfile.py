@@ -29,9 +29,10 @@ import h5py
 import numpy as np
 import torch
 
+from elmo.atomic import atomic_path, publish, write_json_atomic
 from elmo.choices import FILE_LAYERS, STORE_DTYPES, FileLayers, StoreDtype, check_choice
 from elmo.embedder import TokenEmbedder, embed_iter
-from elmo.errors import ElmoError
+from elmo.errors import EmbedFileError
 from elmo.model import LayerState
 
 __all__ = ["FILE_LAYERS", "EmbedFileError", "EmbedJob", "FileEmbedder", "embed_file"]
@@ -40,12 +41,8 @@ _MANIFEST = "manifest.json"
 _FORMAT_VERSION = 1
 
 
-class EmbedFileError(ElmoError):
-    """A problem with the input, the output or an interrupted run, stated for the user."""
-
-
 class FileEmbedder(TokenEmbedder, Protocol):
-    """What embedding a file needs of a model (:class:`elmo.FileEmbedder` is one): the
+    """What embedding a file needs of a model (:class:`elmo.ElmoModule` is one): the
     sentence embedder, plus what identifies it and its carried state for resuming."""
 
     @property
@@ -88,15 +85,6 @@ class Progress:
 
 def _partial_dir(output: Path) -> Path:
     return output.with_name(output.name + ".partial")
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _model_identity(module: FileEmbedder) -> str:
@@ -220,7 +208,7 @@ def _prepare(job: EmbedJob, manifest_base: dict) -> tuple[Path, dict]:
     except OSError as e:
         raise EmbedFileError(f"{output}: cannot write in {parent}: {e.strerror}") from None
     manifest = dict(manifest_base, lines_done=0, tokens_done=0, shards=[])
-    _write_json_atomic(partial / _MANIFEST, manifest)
+    write_json_atomic(partial / _MANIFEST, manifest)
     return partial, manifest
 
 
@@ -228,9 +216,8 @@ def _write_shard(
     module: FileEmbedder, job: EmbedJob, sentences: list[str], first_line: int, path: Path, progress: Progress
 ) -> int:
     dtype = np.float16 if job.store_dtype == "float16" else np.float32
-    tmp = path.with_name(path.name + ".tmp")
     tokens = [s.split() for s in sentences]
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         arrays = embed_iter(module, tokens, job.layers, job.batch_size)
         for offset, array in enumerate(arrays):
             f.create_dataset(str(first_line + offset), data=array.astype(dtype, copy=False))
@@ -238,11 +225,11 @@ def _write_shard(
         f.create_dataset("lines", data=np.array(sentences, dtype=object), dtype=h5py.string_dtype())
         f.attrs["first_line"] = first_line
         _state_to_h5(f, module.carried_state if module.stateful else None)
-    os.replace(tmp, path)
     return sum(len(t) for t in tokens)
 
 
 def _merge(partial: Path, manifest: dict, job: EmbedJob) -> None:
+    # Written inside the partial folder, so that a killed merge leaves nothing beside OUTPUT.
     final = partial / "final.hdf5.tmp"
     sentence_to_index: dict[str, str] = {}
     with h5py.File(final, "w") as out:
@@ -258,7 +245,7 @@ def _merge(partial: Path, manifest: dict, job: EmbedJob) -> None:
         if not job.forget_sentences:
             ds = out.create_dataset("sentence_to_index", (1,), dtype=h5py.string_dtype())
             ds[0] = json.dumps(sentence_to_index)
-    os.replace(final, job.output)
+    publish(final, job.output)
     shutil.rmtree(partial, ignore_errors=True)
 
 
@@ -303,7 +290,7 @@ def embed_file(module: FileEmbedder, job: EmbedJob, progress: Progress | None = 
             manifest["shards"].append(name)
             manifest["lines_done"] = done
             manifest["tokens_done"] += tokens
-            _write_json_atomic(partial / _MANIFEST, manifest)
+            write_json_atomic(partial / _MANIFEST, manifest)
     _merge(partial, manifest, job)
     progress.finish()
     return {

@@ -29,13 +29,13 @@ import h5py
 import numpy as np
 import torch
 
+from elmo.atomic import atomic_path
 from elmo.chars import token_to_char_ids
-from elmo.errors import ElmoError
+from elmo.errors import VocabEmbeddingsError
 from elmo.model import MIN_ROWS, ElmoBiLM, TokenEncoder
 from elmo.module import ElmoModule
 
 __all__ = [
-    "VocabEmbeddingsError",
     "configure_parser",
     "iter_vocab_embeddings",
     "read_vocab",
@@ -46,10 +46,6 @@ __all__ = [
 
 # bilm-tf's vocabulary reader ignores this line (it marks the id range of old vocabularies).
 _MAXTERMID = "!!!MAXTERMID"
-
-
-class VocabEmbeddingsError(ElmoError, ValueError):
-    """A vocabulary file or an output path that cannot be used, stated for the user."""
 
 
 def _bilm_of(model: Any) -> ElmoBiLM:
@@ -179,24 +175,18 @@ def write_vocab_embeddings(
     words = read_vocab(vocab_path)
     bilm = _bilm_of(model)
     dim = bilm.config.lstm.projection_dim
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["options"] = json.dumps(bilm.config.to_dict())
-            f.create_dataset("vocab", data=words, dtype=h5py.string_dtype("utf-8"))
-            dataset = f.create_dataset("embedding", shape=(len(words), dim), dtype="float32")
-            from tqdm import tqdm
+    from tqdm import tqdm
 
-            with tqdm(total=len(words), unit="word", desc="vocab embeddings", disable=quiet) as bar:
-                row = 0
-                for emb in iter_vocab_embeddings(bilm, words, batch_size):
-                    dataset[row : row + len(emb)] = emb
-                    row += len(emb)
-                    bar.update(len(emb))
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["options"] = json.dumps(bilm.config.to_dict())
+        f.create_dataset("vocab", data=words, dtype=h5py.string_dtype("utf-8"))
+        dataset = f.create_dataset("embedding", shape=(len(words), dim), dtype="float32")
+        with tqdm(total=len(words), unit="word", desc="vocab embeddings", disable=quiet) as bar:
+            row = 0
+            for emb in iter_vocab_embeddings(bilm, words, batch_size):
+                dataset[row : row + len(emb)] = emb
+                row += len(emb)
+                bar.update(len(emb))
     return {
         "output": str(out),
         "words": len(words),

@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 import torch
 
+from elmo.atomic import atomic_path
 from elmo.config import ElmoConfig
 from elmo.errors import WeightsError
 from elmo.model import ElmoBiLM
@@ -186,13 +187,6 @@ def save_weights(bilm: ElmoBiLM, path: str | os.PathLike[str]) -> None:
 
     The result loads with this package, AllenNLP and bilm-tf's inference code.
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with h5py.File(tmp, "w") as h5:
-            for name, tensor, _ in dataset_layout(bilm):
-                h5.create_dataset(name, data=tensor.detach().to("cpu", torch.float32).numpy())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        for name, tensor, _ in dataset_layout(bilm):
+            h5.create_dataset(name, data=tensor.detach().to("cpu", torch.float32).numpy())

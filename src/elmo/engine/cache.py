@@ -43,10 +43,6 @@ class TokenCache:
         self._slots.clear()
         self._slab = None
 
-    def reset_stats(self) -> None:
-        self.hits = 0
-        self.misses = 0
-
     def lookup(self, keys: list[bytes]) -> tuple[list[int], list[int], list[int]]:
         """Split ``keys`` into hits and misses.
 

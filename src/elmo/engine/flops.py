@@ -4,7 +4,9 @@ Counts multiply-adds as two operations, of the matrix products only (elementwise
 a few percent), per real token of a sentence, as a straightforward implementation
 computes them: no cache, no sharing between tokens. The sentence markers' LSTM steps are
 not counted. For the original model: 17.6 M (char CNN) + 33.6 M (highway) + 2.1 M
-(projection) + 151 M (LSTMs) = 204 M.
+(projection) + 151 M (LSTMs) = 204 M. What the engine really runs (the token cache and
+shared tokens save work, padding rows add some) is counted by
+:func:`elmo.engine.precision.count_flops`.
 """
 
 from __future__ import annotations

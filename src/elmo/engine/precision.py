@@ -26,8 +26,11 @@ rows share the product.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -37,11 +40,12 @@ from elmo.model import MIN_ROWS
 __all__ = [
     "ONEDNN",
     "PRECISIONS",
+    "FlopCounter",
     "Linear",
     "PairLinear",
     "activation_dtype",
     "backend_for",
-    "executed_flops",
+    "count_flops",
     "native_bfloat16",
     "pad_rows",
 ]
@@ -60,17 +64,32 @@ ONEDNN = (
 ONEDNN_ROWS_HINT = 64
 
 
-# Floating-point operations of all products run so far (multiply-add = 2), padding rows
-# included: what the engine really computes, for profiles (see benchmarks/bench_inference.py).
-_executed = [0]
+@dataclass
+class FlopCounter:
+    """Floating-point operations of the products run while counting (multiply-add = 2),
+    padding rows included: what the engine really computes, for profiles."""
+
+    flops: int = 0
 
 
-def executed_flops(reset: bool = False) -> int:
-    """FLOPs of the matrix products run since the last reset; ``reset`` starts over."""
-    value = _executed[0]
-    if reset:
-        _executed[0] = 0
-    return value
+# The counter of the innermost count_flops() block; None (the normal case) costs every
+# product one check.
+_counter: FlopCounter | None = None
+
+
+@contextlib.contextmanager
+def count_flops() -> Iterator[FlopCounter]:
+    """Count the FLOPs of every :class:`Linear` and :class:`PairLinear` product run in the
+    block (in this process, any thread); an enclosing block counts them too."""
+    global _counter
+    outer, counter = _counter, FlopCounter()
+    _counter = counter
+    try:
+        yield counter
+    finally:
+        _counter = outer
+        if outer is not None:
+            outer.flops += counter.flops
 
 
 def activation_dtype(precision: str) -> torch.dtype:
@@ -189,7 +208,8 @@ class Linear:
         return self._apply(x)
 
     def _apply(self, x: Tensor) -> Tensor:
-        _executed[0] += 2 * x.shape[0] * self.in_features * self.out_features
+        if _counter is not None:
+            _counter.flops += 2 * x.shape[0] * self.in_features * self.out_features
         if self.backend == "int8":
             return torch.ops.quantized.linear_dynamic(x.float().contiguous(), self._packed, _reduce_range())
         x = x.to(self.weight.dtype)
@@ -225,7 +245,8 @@ class PairLinear:
         rows = x.shape[1]
         if rows < MIN_ROWS:
             return self(pad_rows(x))[:, :rows]
-        _executed[0] += 2 * 2 * rows * self.in_features * self.out_features
+        if _counter is not None:
+            _counter.flops += 2 * 2 * rows * self.in_features * self.out_features
         x = x.to(self.weight.dtype)
         if self.bias is None:
             return torch.bmm(x, self.weight)

@@ -19,16 +19,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from elmo.errors import ElmoError
+from elmo.atomic import atomic_write
+from elmo.errors import CheckpointError
 
-__all__ = ["FORMAT", "Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = ["FORMAT", "Checkpoint", "load_checkpoint", "save_checkpoint"]
 
 FORMAT = "elmo-train-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(ElmoError, ValueError):
-    """A training checkpoint that is missing, corrupt or does not fit the run."""
 
 
 @dataclass
@@ -53,22 +50,8 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str]) -> None:
     """Write ``ckpt`` to ``path`` atomically: a killed process leaves the old file intact."""
-    path = Path(path)
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -82,17 +65,8 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str]) -> None:
         "rng": {k: v.cpu() for k, v in ckpt.rng.items()},
         "meta": json.dumps(ckpt.meta),
     }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path, "wb") as f:
+        torch.save(payload, f)
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Checkpoint:

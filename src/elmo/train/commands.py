@@ -52,7 +52,8 @@ def configure_train(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from elmo.train.trainer import RunSettings, Trainer, TrainError
+    from elmo.errors import TrainError
+    from elmo.train.trainer import RunSettings, Trainer
 
     logging.basicConfig(level=logging.INFO, format="elmo train: %(message)s")
     if not args.resume and (args.options is None or args.vocab is None or not args.train):
@@ -104,9 +105,10 @@ def configure_perplexity(p: argparse.ArgumentParser) -> None:
 
 
 def run_perplexity(args: argparse.Namespace) -> int:
-    from elmo.train.data import DataError, find_shards, read_sentences
+    from elmo.errors import DataError, ModelError
+    from elmo.train.data import find_shards, read_sentences
     from elmo.train.evaluate import perplexity
-    from elmo.train.models import ModelError, load_language_model
+    from elmo.train.models import load_language_model
     from elmo.train.vocab import Vocabulary
 
     if args.batch_size < 1:

@@ -58,11 +58,10 @@ from typing import Any
 import numpy as np
 
 from elmo.chars import BOS_TOKEN, EOS_TOKEN
-from elmo.errors import ElmoError
+from elmo.errors import DataError
 from elmo.train.vocab import Vocabulary, word_to_char_ids
 
 __all__ = [
-    "DataError",
     "LMBatches",
     "SentenceStream",
     "count_tokens",
@@ -75,10 +74,6 @@ log = logging.getLogger(__name__)
 
 STATE_FORMAT = "elmo-lm-batches"
 STATE_VERSION = 1
-
-
-class DataError(ElmoError, ValueError):
-    """Training or evaluation text that cannot be found or read as bilm-tf reads it."""
 
 
 # --------------------------------------------------------------------------- files

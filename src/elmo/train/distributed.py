@@ -54,14 +54,6 @@ class World:
         dist.all_gather_object(out, obj)
         return out
 
-    def broadcast_object(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
-        if self.size == 1:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def any(self, flags: list[bool]) -> list[bool]:
         """Each flag OR-ed over the ranks (so that all ranks take the same decision)."""
         if self.size == 1:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +22,9 @@ import h5py
 import numpy as np
 import torch
 
+from elmo.atomic import atomic_dir
 from elmo.config import ElmoConfig
-from elmo.errors import ElmoError
+from elmo.errors import ModelError
 from elmo.resolve import LM_HEAD, ModelFiles, resolve
 from elmo.train.checkpoint import load_checkpoint
 from elmo.train.lm import TrainingBiLM
@@ -36,17 +35,12 @@ from elmo.weights import load_weights, save_weights
 __all__ = [
     "LM_HEAD",
     "LoadedLM",
-    "ModelError",
     "export_model",
     "load_initial_weights",
     "load_language_model",
 ]
 
 log = logging.getLogger("elmo.train")
-
-
-class ModelError(ElmoError, ValueError):
-    """A language model that cannot be found or read."""
 
 
 @dataclass
@@ -207,10 +201,7 @@ def export_model(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ModelError(f"{out}: exists and is not empty (pass overwrite=True / --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkdtemp: its private 0700 mode would stay on the published directory.
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    with atomic_dir(out) as tmp:
         config = loaded.model.config.inference_options()
         inference = ElmoConfig(char_cnn=config.char_cnn, lstm=config.lstm)
         inference.to_json(tmp / "options.json")
@@ -224,14 +215,4 @@ def export_model(
             (tmp / "training_options.json").write_text(
                 json.dumps(loaded.model.config.to_dict(), indent=2) + "\n", encoding="utf-8"
             )
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -10,27 +10,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from elmo.errors import ElmoError
+from elmo.errors import TFImportError
 from elmo.train.lm import TrainingBiLM
 from elmo.train.optim import Adagrad
 from elmo.train.tfcheckpoint import latest_checkpoint, list_variables, read_variables
 
 __all__ = [
-    "TFImportError",
     "assign_tf_variables",
     "load_bilm_tf_checkpoint",
-    "resolve_checkpoint",
     "tf_variable_names",
 ]
-
-
-class TFImportError(ElmoError, ValueError):
-    """A bilm-tf checkpoint that does not fit the model its options describe."""
 
 
 def tf_variable_names(model: TrainingBiLM) -> dict[str, str]:
@@ -61,11 +54,6 @@ def tf_variable_names(model: TrainingBiLM) -> dict[str, str]:
             for ours, theirs in (("kernel", "kernel"), ("bias", "bias"), ("projection", "projection/kernel")):
                 names[f"encoder.{stack}.{layer}.{ours}"] = f"{scope}lstm_cell/{theirs}"
     return names
-
-
-def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
-    """The checkpoint prefix of a directory with a ``checkpoint`` state file, or a prefix."""
-    return latest_checkpoint(path)
 
 
 def _fit(name: str, value: np.ndarray, target: torch.Tensor, fill: float, source: object) -> torch.Tensor:
@@ -122,7 +110,7 @@ def load_bilm_tf_checkpoint(
     ``path`` is a checkpoint directory (its ``checkpoint`` state file names the latest)
     or a checkpoint prefix such as ``model.ckpt-30``. Returns bilm-tf's ``global_step``.
     """
-    prefix = resolve_checkpoint(path)
+    prefix = latest_checkpoint(path)
     available = list_variables(prefix)
     wanted = []
     for ours, theirs in tf_variable_names(model).items():

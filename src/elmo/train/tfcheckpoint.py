@@ -36,11 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from elmo.errors import ElmoError
+from elmo.errors import TFCheckpointError as CheckpointError
 
 __all__ = [
     "BundleHeader",
-    "CheckpointError",
     "CheckpointReader",
     "TensorEntry",
     "crc32c",
@@ -52,10 +51,6 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike[str]
-
-
-class CheckpointError(ElmoError, ValueError):
-    """A TensorFlow checkpoint that is missing, truncated, corrupt or not supported."""
 
 
 # --------------------------------------------------------------------------- CRC-32C

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from elmo.config import ElmoConfig
-from elmo.errors import ElmoError
+from elmo.errors import TrainError
 from elmo.model import LayerState
 from elmo.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from elmo.train.data import LMBatches, count_tokens, find_shards
@@ -47,7 +47,7 @@ from elmo.train.models import load_initial_weights
 from elmo.train.optim import Adagrad, clip_by_global_norm
 from elmo.train.vocab import Vocabulary
 
-__all__ = ["RunSettings", "TrainError", "Trainer", "train", "train_step"]
+__all__ = ["RunSettings", "Trainer", "train", "train_step"]
 
 log = logging.getLogger("elmo.train")
 
@@ -62,10 +62,6 @@ LOG_FIELDS = (
     "tokens_per_s",
     "elapsed_s",
 )
-
-
-class TrainError(ElmoError, ValueError):
-    """A training run that cannot start or continue as asked."""
 
 
 @dataclass

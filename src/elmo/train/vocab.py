@@ -24,7 +24,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -32,16 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
+from elmo.atomic import write_text_atomic
 from elmo.chars import BOS_CHAR, BOS_TOKEN, BOW_CHAR, EOS_CHAR, EOS_TOKEN, EOW_CHAR, PAD_CHAR
-from elmo.errors import ElmoError
+from elmo.errors import DataError, VocabularyError
 
 __all__ = [
     "MAXTERMID",
-    "N_TRAINING_CHARACTERS",
     "SPECIAL_TOKENS",
     "UNK_TOKEN",
     "Vocabulary",
-    "VocabularyError",
     "build_vocab",
     "configure_parser",
     "run",
@@ -55,12 +53,6 @@ log = logging.getLogger(__name__)
 UNK_TOKEN = "<UNK>"
 SPECIAL_TOKENS = (BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
 MAXTERMID = "!!!MAXTERMID"
-# The training char_embed has one row per id 0..260 (bilm-tf refuses any other value).
-N_TRAINING_CHARACTERS = 261
-
-
-class VocabularyError(ElmoError, ValueError):
-    """A vocabulary file or word list that bilm-tf's ``Vocabulary`` cannot use."""
 
 
 # --------------------------------------------------------------------------- chars
@@ -165,7 +157,7 @@ class Vocabulary:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the vocabulary, one token a line, atomically (a temporary file, then a rename)."""
-        _write_atomically(Path(path), "".join(w + "\n" for w in self._words))
+        write_text_atomic(path, "".join(w + "\n" for w in self._words))
 
     @property
     def words(self) -> list[str]:
@@ -231,11 +223,11 @@ def token_counts(paths: Iterable[str | os.PathLike[str]]) -> Counter[str]:
     """Occurrences of every token in ``paths`` (one tokenized sentence a line).
 
     Streams the files line by line, so memory holds the counter, not the text. Raises
-    :class:`elmo.train.data.DataError` for no files, for a file holding ``<S>`` or
+    :class:`elmo.errors.DataError` for no files, for a file holding ``<S>`` or
     ``</S>`` as a token (bilm-tf adds those markers itself; the error names the file and
     line) and for text that is not UTF-8.
     """
-    from elmo.train.data import DataError, iter_lines
+    from elmo.train.data import iter_lines
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -282,31 +274,11 @@ def build_vocab(
     order of first occurrence (files in the given order). See :func:`token_counts` for
     the errors; an empty corpus (no token at all) is an error too.
     """
-    from elmo.train.data import DataError
-
     files = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     counts = token_counts(files)
     if not counts:
         raise DataError(f"{', '.join(map(str, files[:3]))}{' ...' if len(files) > 3 else ''}: no tokens")
     return vocab_from_counts(counts, min_count=min_count, max_size=max_size)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    # A reader (or a crash) never sees a half-written file: write beside it, then rename.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- CLI
@@ -330,7 +302,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``elmo vocab``: count the corpus, write the vocabulary, print a summary to stderr."""
-    from elmo.train.data import DataError, find_shards
+    from elmo.train.data import find_shards
 
     files = find_shards(args.corpus)
     counts = token_counts(files)
@@ -339,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{', '.join(args.corpus)}: no tokens in {len(files)} file(s)")
     words = vocab_from_counts(counts, min_count=args.min_count, max_size=args.max_size)
     covered = sum(counts[w] for w in words[len(SPECIAL_TOKENS) :])
-    _write_atomically(Path(args.output), "".join(w + "\n" for w in words))
+    write_text_atomic(args.output, "".join(w + "\n" for w in words))
     print(
         f"elmo vocab: {total:,} tokens ({len(counts):,} distinct) in {len(files):,} file(s); "
         f"wrote {len(words):,} entries to {args.output}, covering {100.0 * covered / total:.2f}% of tokens",
