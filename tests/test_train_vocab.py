@@ -11,13 +11,12 @@ import pytest
 
 from conftest import BILMTF
 from elmo.chars import token_to_char_ids
+from elmo.commands.vocab import configure, run
 from elmo.train.data import DataError
 from elmo.train.vocab import (
     Vocabulary,
     VocabularyError,
     build_vocab,
-    configure_parser,
-    run,
     token_counts,
     vocab_from_counts,
     word_to_char_ids,
@@ -158,7 +157,7 @@ def test_build_vocab_errors(tmp_path):
 # --------------------------------------------------------------------------- CLI
 def _args(*argv: str) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    configure_parser(p)
+    configure(p)
     return p.parse_args(argv)
 
 

@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import http.client
 import os
@@ -56,6 +55,7 @@ __all__ = [
     "is_model_name",
     "known_models",
     "register_model",
+    "released_model",
     "resolve_model",
 ]
 
@@ -196,7 +196,8 @@ def _url(url: str) -> str:
     return url
 
 
-def _lookup(name: str) -> ReleasedModel:
+def released_model(name: str) -> ReleasedModel:
+    """The registered model called ``name``; :class:`ValueError` listing the known names if none."""
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -253,7 +254,7 @@ def download_model(
     Raises :class:`DownloadError` naming the model, the URL and the path where the
     file belongs, so that it can be fetched by other means.
     """
-    model = _lookup(name)
+    model = released_model(name)
     directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     directory = directory / model.name
     job = _Download(model, directory, progress, timeout, retries)
@@ -565,38 +566,3 @@ class _Download:
 class _NoBar:
     def update(self, n: int) -> None:
         pass
-
-
-# ---------------------------------------------------------------------- command line
-def configure_download(p: argparse.ArgumentParser) -> None:
-    """``elmo download NAME...``."""
-    p.add_argument("names", nargs="+", metavar="NAME", help="released model name (see `elmo models`)")
-    p.add_argument("--cache-dir", help="where models are kept (default: $ELMO_CACHE or ~/.cache/elmo)")
-    p.add_argument("--force", action="store_true", help="download again even if cached")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
-
-
-def run_download(args: argparse.Namespace) -> int:
-    """Download each model; print its directory on standard output."""
-    for name in args.names:
-        _lookup(name)
-    for name in args.names:
-        progress = False if args.quiet else None
-        print(download_model(name, args.cache_dir, force=args.force, progress=progress))
-    return 0
-
-
-def configure_models(p: argparse.ArgumentParser) -> None:
-    """``elmo models``."""
-    p.add_argument("--cache-dir", help="where models are kept (default: $ELMO_CACHE or ~/.cache/elmo)")
-
-
-def run_models(args: argparse.Namespace) -> int:
-    """List the known models and whether each is in the cache."""
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    width = max(len(n) for n in _REGISTRY)
-    for name, model in _REGISTRY.items():
-        here = (cache / name / OPTIONS_FILE).is_file() and (cache / name / WEIGHTS_FILE).is_file()
-        print(f"{name:{width}s}  {'cached    ' if here else 'not cached'}  {model.description}")
-    print(f"cache: {cache} (ELMO_CACHE changes it)", file=sys.stderr)
-    return 0

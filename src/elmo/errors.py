@@ -1,4 +1,4 @@
-"""Exceptions raised for bad configuration files and bad weight files."""
+"""Exceptions raised for bad configuration files, bad weight files and bad command lines."""
 
 from __future__ import annotations
 
@@ -13,3 +13,7 @@ class ConfigError(ElmoError, ValueError):
 
 class WeightsError(ElmoError, ValueError):
     """A weight file that is missing, unreadable or inconsistent with the options."""
+
+
+class UsageError(ElmoError):
+    """A command line that contradicts itself or gives an impossible value (exit status 2)."""
