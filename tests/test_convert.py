@@ -14,15 +14,14 @@ import torch
 
 import elmo
 from conftest import BILMTF
+from elmo.commands.convert import configure, run
 from elmo.convert import (
-    configure_parser,
     convert,
     convert_bilm_tf_checkpoint,
     convert_hub_module,
     detect_format,
     dump_name,
     infer_options,
-    run,
 )
 from elmo.errors import ConvertError, ElmoError
 from tfckpt_writer import write_checkpoint, write_state_file
@@ -404,7 +403,7 @@ def test_bad_options(tmp_path):
 
 def _args(*argv: str) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    configure_parser(p)
+    configure(p)
     return p.parse_args(list(argv))
 
 

@@ -11,12 +11,11 @@ import pytest
 
 from conftest import BILMTF
 from elmo.chars import token_to_char_ids
+from elmo.commands.vocab import configure, run
 from elmo.errors import DataError, VocabularyError
 from elmo.train.vocab import (
     Vocabulary,
     build_vocab,
-    configure_parser,
-    run,
     token_counts,
     vocab_from_counts,
     word_to_char_ids,
@@ -157,7 +156,7 @@ def test_build_vocab_errors(tmp_path):
 # --------------------------------------------------------------------------- CLI
 def _args(*argv: str) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    configure_parser(p)
+    configure(p)
     return p.parse_args(argv)
 
 

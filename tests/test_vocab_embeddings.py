@@ -12,11 +12,10 @@ import pytest
 import torch
 
 from conftest import ALLENNLP
-from elmo.errors import VocabEmbeddingsError
+from elmo.commands.vocab_embeddings import configure, run
+from elmo.errors import UsageError, VocabEmbeddingsError
 from elmo.vocab_embeddings import (
-    configure_parser,
     read_vocab,
-    run,
     vocab_embeddings,
     write_vocab_embeddings,
 )
@@ -34,7 +33,7 @@ def reference() -> np.ndarray:
 
 def _args(*argv: str) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="elmo vocab-embeddings")
-    configure_parser(p)
+    configure(p)
     return p.parse_args(list(argv))
 
 
@@ -162,9 +161,8 @@ def test_command_line_model_directory(tmp_path):
     ("argv", "error", "message"),
     [
         (["--batch-size", "0"], VocabEmbeddingsError, "--batch-size"),
-        (["--options", str(ALLENNLP / "options.json")], VocabEmbeddingsError, "go together"),
-        (["-m", "somewhere", "--options", "a", "--weights", "b"], VocabEmbeddingsError, "not both"),
-        ([], VocabEmbeddingsError, "no model given"),
+        (["--options", str(ALLENNLP / "options.json")], UsageError, "go together"),
+        (["-m", "somewhere", "--options", "a", "--weights", "b"], UsageError, "not both"),
         (["-m", "no/such/dir"], FileNotFoundError, "no such model directory"),
     ],
 )

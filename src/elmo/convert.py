@@ -29,11 +29,9 @@ place, so it is either complete or absent.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,14 +52,12 @@ __all__ = [
     "FORMATS",
     "HUB_DEFAULTS",
     "ConversionResult",
-    "configure_parser",
     "convert",
     "convert_bilm_tf_checkpoint",
     "convert_hub_module",
     "detect_format",
     "dump_name",
     "infer_options",
-    "run",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -490,63 +486,3 @@ def convert(
     fmt = detect_format(src) if format == "auto" else format
     fn = convert_hub_module if fmt == "hub" else convert_bilm_tf_checkpoint
     return fn(src, out_dir, options=options, overwrite=overwrite)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Arguments of ``elmo convert``."""
-    p.add_argument(
-        "src", metavar="SRC", help="bilm-tf checkpoint directory or prefix, or TF Hub module directory"
-    )
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write (created)")
-    p.add_argument(
-        "--format",
-        choices=FORMATS,
-        default="auto",
-        help="source kind (default: auto: hub for a module directory or a checkpoint without options.json)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists and is not empty")
-    p.add_argument(
-        "--options",
-        metavar="JSON",
-        help="options merged over the found or inferred ones: a JSON object or a JSON file, "
-        'e.g. \'{"char_cnn": {"activation": "tanh"}}\'',
-    )
-
-
-def _parse_options(text: str | None) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    if text.lstrip().startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConvertError(f"--options: not valid JSON: {e}") from None
-        return data
-    return _read_json(Path(text))
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``elmo convert``; errors propagate as :class:`ConvertError` and friends."""
-    result = convert(
-        args.src,
-        args.output,
-        format=args.format,
-        options=_parse_options(args.options),
-        overwrite=args.overwrite,
-    )
-    lstm, cnn = result.config.lstm, result.config.char_cnn
-    notes = [f"{len(result.ignored)} variable(s) not converted"] if result.ignored else []
-    if result.filled:
-        notes.append(f"identity for {', '.join(result.filled)}")
-    if result.mix is not None:
-        notes.append(f"layer mix in {MIX_FILE}")
-    print(
-        f"elmo convert: wrote {result.out_dir} from {result.format} checkpoint {result.checkpoint} "
-        f"(lstm {lstm.n_layers}x{lstm.dim}/{lstm.projection_dim}, {cnn.n_filters} filters, "
-        f"{cnn.n_highway} highway{'; ' + '; '.join(notes) if notes else ''})",
-        file=sys.stderr,
-    )
-    return 0

@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import http.client
@@ -57,7 +56,9 @@ __all__ = [
     "download_urls",
     "is_model_name",
     "is_url",
+    "known_models",
     "register_model",
+    "released_model",
 ]
 
 PUBLISHED_BASE_URL = "https://s3-us-west-2.amazonaws.com/allennlp/models/elmo"
@@ -108,6 +109,11 @@ def register_model(
     model = ReleasedModel(name, options_url, weights_url, size, description)
     _REGISTRY[name] = model
     return model
+
+
+def known_models() -> dict[str, ReleasedModel]:
+    """The registered models by name (a copy)."""
+    return dict(_REGISTRY)
 
 
 def is_model_name(name: object) -> bool:
@@ -188,7 +194,8 @@ def _url(url: str) -> str:
     return url
 
 
-def _lookup(name: str) -> ReleasedModel:
+def released_model(name: str) -> ReleasedModel:
+    """The registered model called ``name``; :class:`ValueError` listing the known names if none."""
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -225,7 +232,7 @@ def download_model(
     Raises :class:`DownloadError` naming the model, the URL and the path where the
     file belongs, so that it can be fetched by other means.
     """
-    return _fetch_model(_lookup(name), cache_dir, force, progress, timeout, retries)
+    return _fetch_model(released_model(name), cache_dir, force, progress, timeout, retries)
 
 
 def _fetch_model(
@@ -616,38 +623,3 @@ class _Download:
 class _NoBar:
     def update(self, n: int) -> None:
         pass
-
-
-# ---------------------------------------------------------------------- command line
-def configure_download(p: argparse.ArgumentParser) -> None:
-    """``elmo download NAME...``."""
-    p.add_argument("names", nargs="+", metavar="NAME", help="released model name (see `elmo models`)")
-    p.add_argument("--cache-dir", help="where models are kept (default: $ELMO_CACHE or ~/.cache/elmo)")
-    p.add_argument("--force", action="store_true", help="download again even if cached")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
-
-
-def run_download(args: argparse.Namespace) -> int:
-    """Download each model; print its directory on standard output."""
-    for name in args.names:
-        _lookup(name)
-    for name in args.names:
-        progress = False if args.quiet else None
-        print(download_model(name, args.cache_dir, force=args.force, progress=progress))
-    return 0
-
-
-def configure_models(p: argparse.ArgumentParser) -> None:
-    """``elmo models``."""
-    p.add_argument("--cache-dir", help="where models are kept (default: $ELMO_CACHE or ~/.cache/elmo)")
-
-
-def run_models(args: argparse.Namespace) -> int:
-    """List the known models and whether each is in the cache."""
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    width = max(len(n) for n in _REGISTRY)
-    for name, model in _REGISTRY.items():
-        here = (cache / name / OPTIONS_FILE).is_file() and (cache / name / WEIGHTS_FILE).is_file()
-        print(f"{name:{width}s}  {'cached    ' if here else 'not cached'}  {model.description}")
-    print(f"cache: {cache} (ELMO_CACHE changes it)", file=sys.stderr)
-    return 0

@@ -82,3 +82,8 @@ class TFImportError(ElmoError, ValueError):
 
 class ModelError(ElmoError, ValueError):
     """A language model that cannot be found or read."""
+
+
+# --------------------------------------------------------------------------- command line
+class UsageError(ElmoError):
+    """A command line that contradicts itself or gives an impossible value (exit status 2)."""

@@ -16,10 +16,8 @@ numbers stay the line's position, which is how both references index the file.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,10 +34,9 @@ from elmo.model import MIN_ROWS, ElmoBiLM, TokenEncoder
 from elmo.module import ElmoModule
 
 __all__ = [
-    "configure_parser",
+    "check_output",
     "iter_vocab_embeddings",
     "read_vocab",
-    "run",
     "vocab_embeddings",
     "write_vocab_embeddings",
 ]
@@ -171,7 +168,7 @@ def write_vocab_embeddings(
     """
     t0 = time.monotonic()
     out = Path(out_path)
-    _check_output(out, overwrite)
+    check_output(out, overwrite)
     words = read_vocab(vocab_path)
     bilm = _bilm_of(model)
     dim = bilm.config.lstm.projection_dim
@@ -196,77 +193,13 @@ def write_vocab_embeddings(
     }
 
 
-def _check_output(out: Path, overwrite: bool) -> None:
+def check_output(out_path: str | os.PathLike[str], overwrite: bool) -> None:
+    """Raise :class:`VocabEmbeddingsError` for an output path that cannot be written as asked: a
+    directory, an existing file without ``overwrite``, or a file in a missing directory."""
+    out = Path(out_path)
     if out.is_dir():
         raise VocabEmbeddingsError(f"{out}: is a directory; expected an output file name")
     if out.exists() and not overwrite:
         raise VocabEmbeddingsError(f"{out}: already exists; pass --overwrite to replace it")
     if not out.parent.is_dir():
         raise VocabEmbeddingsError(f"{out.parent}: the output's directory does not exist")
-
-
-# ---- command line (wired into ``elmo`` as ``elmo vocab-embeddings``) ----
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Arguments of ``elmo vocab-embeddings``."""
-    p.add_argument("vocab", metavar="VOCAB", help="vocabulary file: one token a line")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="HDF5 file to write")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", "-m", help="model directory holding options.json and weights.hdf5")
-    g.add_argument("--options", help="options.json of the model (with --weights)")
-    g.add_argument("--weights", help="weights.hdf5 of the model (with --options)")
-    g.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
-    p.add_argument("--batch-size", type=int, default=1024, help="words per batch (default: 1024)")
-    p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
-
-
-def _load_model(args: argparse.Namespace) -> ElmoModule:
-    import elmo
-
-    if args.model and (args.options or args.weights):
-        raise VocabEmbeddingsError("give either --model or --options with --weights, not both")
-    if bool(args.options) != bool(args.weights):
-        raise VocabEmbeddingsError("--options and --weights go together")
-    if args.options:
-        return elmo.load(args.options, args.weights, device=args.device)
-    if not args.model:
-        raise VocabEmbeddingsError("no model given: pass --model DIR, or --options FILE --weights FILE")
-    if not Path(args.model).is_dir():
-        raise FileNotFoundError(f"{args.model}: no such model directory")
-    return elmo.load(args.model, device=args.device)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Handler of ``elmo vocab-embeddings``; returns the exit status."""
-    if args.batch_size < 1:
-        raise VocabEmbeddingsError(f"--batch-size: expected a positive integer, found {args.batch_size}")
-    if not Path(args.vocab).is_file():
-        raise FileNotFoundError(f"{args.vocab}: vocabulary file not found")
-    # Refuse a bad output before spending time on loading the model.
-    _check_output(Path(args.output), args.overwrite)
-    module = _load_model(args)
-    summary = write_vocab_embeddings(
-        module,
-        args.vocab,
-        args.output,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-        quiet=args.quiet,
-    )
-    repeats = summary["duplicates"]
-    if repeats:
-        token, first, again = repeats[0]
-        print(
-            f"elmo vocab-embeddings: warning: {len(repeats)} repeated token(s), e.g. {token!r} in rows "
-            f"{first} and {again} (0-based); each keeps its own row",
-            file=sys.stderr,
-        )
-    if not args.quiet:
-        print(
-            f"elmo vocab-embeddings: wrote {summary['words']} embeddings of size {summary['dim']} "
-            f"to {summary['output']} in {summary['seconds']:.1f} s",
-            file=sys.stderr,
-        )
-    return 0

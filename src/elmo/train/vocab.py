@@ -1,4 +1,4 @@
-"""bilm-tf's training vocabulary, its character ids, and ``elmo vocab`` to build one.
+"""bilm-tf's training vocabulary, its character ids, and building one (what ``elmo vocab`` runs).
 
 A vocabulary file holds one token a line; a token's id is its line index (each line is
 stripped of surrounding whitespace). bilm-tf's ``!!!MAXTERMID`` marker line is skipped and
@@ -20,10 +20,8 @@ char 257, begin-of-word 258, end-of-word 259, padding 260 (so ``n_characters`` i
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -41,11 +39,10 @@ __all__ = [
     "UNK_TOKEN",
     "Vocabulary",
     "build_vocab",
-    "configure_parser",
-    "run",
     "token_counts",
     "vocab_from_counts",
     "word_to_char_ids",
+    "write_vocab",
 ]
 
 log = logging.getLogger(__name__)
@@ -157,7 +154,7 @@ class Vocabulary:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the vocabulary, one token a line, atomically (a temporary file, then a rename)."""
-        write_text_atomic(path, "".join(w + "\n" for w in self._words))
+        write_vocab(self._words, path)
 
     @property
     def words(self) -> list[str]:
@@ -281,40 +278,6 @@ def build_vocab(
     return vocab_from_counts(counts, min_count=min_count, max_size=max_size)
 
 
-# --------------------------------------------------------------------------- CLI
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Arguments of ``elmo vocab``."""
-    p.add_argument(
-        "corpus", nargs="+", metavar="CORPUS_GLOB", help="tokenized text files: one sentence a line"
-    )
-    p.add_argument("-o", "--output", required=True, metavar="VOCAB", help="vocabulary file to write")
-    p.add_argument(
-        "--min-count", type=int, default=1, metavar="N", help="keep tokens seen at least N times (default: 1)"
-    )
-    p.add_argument(
-        "--max-size",
-        type=int,
-        default=None,
-        metavar="N",
-        help="at most N lines, the three special tokens included (the softmax size)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """``elmo vocab``: count the corpus, write the vocabulary, print a summary to stderr."""
-    from elmo.train.data import find_shards
-
-    files = find_shards(args.corpus)
-    counts = token_counts(files)
-    total = sum(counts.values())
-    if total == 0:
-        raise DataError(f"{', '.join(args.corpus)}: no tokens in {len(files)} file(s)")
-    words = vocab_from_counts(counts, min_count=args.min_count, max_size=args.max_size)
-    covered = sum(counts[w] for w in words[len(SPECIAL_TOKENS) :])
-    write_text_atomic(args.output, "".join(w + "\n" for w in words))
-    print(
-        f"elmo vocab: {total:,} tokens ({len(counts):,} distinct) in {len(files):,} file(s); "
-        f"wrote {len(words):,} entries to {args.output}, covering {100.0 * covered / total:.2f}% of tokens",
-        file=sys.stderr,
-    )
-    return 0
+def write_vocab(words: Sequence[str], path: str | os.PathLike[str]) -> None:
+    """Write ``words`` as a vocabulary file, one token a line, atomically."""
+    write_text_atomic(path, "".join(w + "\n" for w in words))
