@@ -1,16 +1,24 @@
-"""Shared test fixtures: paths into ``../shared`` and regenerated random models."""
+"""Shared test fixtures: random models made in-process, paths into ``../shared``.
+
+Random models come from :mod:`elmo.testing` and are the same with or without
+``../shared``. The reference fixtures and data live in ``../shared`` beside the project
+root; a test that needs them skips, naming the missing path, when they are absent.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+import elmo
+from elmo.module import ElmoModule
+from elmo.testing import Size, write_random_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -18,15 +26,24 @@ FIXTURES = SHARED / "fixtures"
 ALLENNLP = FIXTURES / "allennlp-elmo"
 BILMTF = FIXTURES / "bilm-tf"
 REFERENCE = FIXTURES / "reference"
-# Regenerated random models are kept here between runs (ignored by git).
+# Generated random models are kept here between runs (ignored by git).
 MODEL_CACHE = Path(os.environ.get("ELMO_TEST_MODELS", ROOT / ".models"))
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    if not FIXTURES.is_dir():
-        raise pytest.UsageError(
-            f"the shared fixtures are missing: expected {FIXTURES} beside the project root"
-        )
+def _missing(path: Path) -> str:
+    return f"needs {path}, which is missing (the shared reference fixtures beside the project root)"
+
+
+def needs_shared(path: Path) -> pytest.MarkDecorator:
+    """Skip the marked test (or module, as ``pytestmark``) when ``path`` in ``../shared`` is absent."""
+    return pytest.mark.skipif(not path.exists(), reason=_missing(path))
+
+
+def shared_path(path: Path) -> Path:
+    """``path`` (in ``../shared``) if it exists; otherwise skip the calling test or fixture."""
+    if not path.exists():
+        pytest.skip(_missing(path))
+    return path
 
 
 def load_benchmark(name: str) -> ModuleType:
@@ -43,32 +60,21 @@ def load_benchmark(name: str) -> ModuleType:
 
 def reference_sentences() -> list[list[str]]:
     """The 42 edge-case sentences of ``fixtures/reference`` as token lists."""
-    text = (REFERENCE / "sentences.txt").read_text(encoding="utf-8")
+    text = shared_path(REFERENCE / "sentences.txt").read_text(encoding="utf-8")
     return [line.split() for line in text.split("\n") if line.split()]
 
 
-def random_model(size: str, seed: int, gain: int) -> Path:
-    """Directory with options.json + weights.hdf5 from ``tools/make_random_elmo.py``."""
+def random_model(size: Size, seed: int, gain: int) -> Path:
+    """Directory with options.json + weights.hdf5 of :func:`elmo.testing.write_random_model`."""
     out = MODEL_CACHE / f"{size}_seed{seed}_gain{gain}"
     if not (out / "weights.hdf5").is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                sys.executable,
-                str(SHARED / "tools" / "make_random_elmo.py"),
-                "--size",
-                size,
-                "--seed",
-                str(seed),
-                "--gain",
-                str(gain),
-                "--out",
-                str(out),
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        write_random_model(out, size, seed, gain)
     return out
+
+
+def tiny_model() -> Path:
+    """The generated tiny model's directory (AllenNLP's tiny test model's shapes, seed 1)."""
+    return random_model("tiny", 1, 1)
 
 
 @pytest.fixture(scope="session")
@@ -83,18 +89,28 @@ def original_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_files() -> tuple[Path, Path]:
-    """AllenNLP's tiny test biLM (options, weights)."""
-    return ALLENNLP / "options.json", ALLENNLP / "lm_weights.hdf5"
+    """The generated tiny model's (options, weights)."""
+    directory = tiny_model()
+    return directory / "options.json", directory / "weights.hdf5"
 
 
 @pytest.fixture(scope="session")
-def tiny_module(tiny_model_files):
-    import elmo
-
+def tiny_module(tiny_model_files: tuple[Path, Path]) -> ElmoModule:
     return elmo.load(*tiny_model_files)
+
+
+@pytest.fixture(scope="session")
+def allennlp_model_files() -> tuple[Path, Path]:
+    """AllenNLP's tiny test biLM (options, weights): for comparing with its stored outputs."""
+    return shared_path(ALLENNLP / "options.json"), shared_path(ALLENNLP / "lm_weights.hdf5")
+
+
+@pytest.fixture(scope="session")
+def allennlp_module(allennlp_model_files: tuple[Path, Path]) -> ElmoModule:
+    return elmo.load(*allennlp_model_files)
 
 
 def fixture_batches(path: Path) -> list[list[str]]:
     """The 10 batches of 3 sentences of the ``lm_embeddings`` fixtures."""
-    sentences = json.loads(path.read_text(encoding="utf-8"))
+    sentences = json.loads(shared_path(path).read_text(encoding="utf-8"))
     return [[sentences[k][i] for k in range(3)] for i in range(10)]

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import elmo
-from conftest import ALLENNLP, REFERENCE, fixture_batches, reference_sentences
+from conftest import ALLENNLP, REFERENCE, fixture_batches, reference_sentences, shared_path
 from elmo.allennlp import Elmo, ElmoEmbedder, batch_to_ids
 from elmo.chars import batch_to_char_ids
 from elmo.loading import load_bilm
 
-P = 16  # projection size of the tiny fixture model
+P = 16  # projection size of the tiny models (generated and AllenNLP's)
 MIX = [0.2, 0.5, -0.3]
 
 
@@ -61,7 +61,8 @@ def test_elmo_reproduces_allennlp_module_outputs(small_model_dir):
     }
     sentences = reference_sentences()
     worst = dict.fromkeys(modules, 0.0)
-    with h5py.File(REFERENCE / "small_seed1_gain1_elmo_module.hdf5", "r") as ref, torch.no_grad():
+    reference = shared_path(REFERENCE / "small_seed1_gain1_elmo_module.hdf5")
+    with h5py.File(reference, "r") as ref, torch.no_grad():
         for start in range(0, len(sentences), 4):
             batch = sentences[start : start + 4]
             ids = batch_to_ids(batch)
@@ -81,10 +82,10 @@ def test_elmo_reproduces_allennlp_module_outputs(small_model_dir):
     assert max(worst.values()) <= 1e-5, worst
 
 
-def test_embedder_reproduces_allennlp_lm_embeddings(tiny_model_files):
+def test_embedder_reproduces_allennlp_lm_embeddings(allennlp_model_files):
     """Ten batches through one stateful embedder; the fixtures hold the top layer."""
-    files = [h5py.File(ALLENNLP / f"lm_embeddings_{k}.hdf5", "r") for k in range(3)]
-    embedder = ElmoEmbedder(*tiny_model_files)
+    files = [h5py.File(shared_path(ALLENNLP / f"lm_embeddings_{k}.hdf5"), "r") for k in range(3)]
+    embedder = ElmoEmbedder(*allennlp_model_files)
     worst = 0.0
     for i, batch in enumerate(fixture_batches(ALLENNLP / "sentences.json")):
         embeddings = embedder.embed_batch([s.split() for s in batch])

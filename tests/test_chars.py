@@ -3,7 +3,7 @@ import json
 import numpy as np
 import torch
 
-from conftest import BILMTF
+from conftest import BILMTF, shared_path
 from elmo.chars import batch_to_char_ids, sentence_to_char_ids, token_to_char_ids
 
 
@@ -54,7 +54,7 @@ def test_empty_token_and_batch_padding():
 
 def test_matches_bilm_tf_batcher_output():
     """bilm-tf's Batcher (max 10 characters) made the char ids stored with its outputs."""
-    run = BILMTF / "generated" / "run_small_sampled"
+    run = shared_path(BILMTF / "generated" / "run_small_sampled")
     stored = np.load(run / "inference_lm_embeddings.npz")["char_ids"]
     sentences = json.loads((run / "token_loglik_sentences.json").read_text(encoding="utf-8"))
     ours = batch_to_char_ids([["<S>", *s.split(), "</S>"] for s in sentences], 10)

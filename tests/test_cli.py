@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 import elmo
-from conftest import ALLENNLP, reference_sentences
+from conftest import reference_sentences, tiny_model
 
-TINY = ["--options", str(ALLENNLP / "options.json"), "--weights", str(ALLENNLP / "lm_weights.hdf5")]
+TINY_OPTIONS, TINY_WEIGHTS = tiny_model() / "options.json", tiny_model() / "weights.hdf5"
+TINY = ["--options", str(TINY_OPTIONS), "--weights", str(TINY_WEIGHTS)]
 
 
 def elmo_cmd(*args: str, stdin: bytes | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -210,7 +211,7 @@ def test_resume_refuses_different_arguments(tmp_path, small_model_dir):
         ),
         (
             "truncated",
-            ["in.txt", "out.hdf5", "--options", str(ALLENNLP / "options.json"), "--weights", "w.hdf5"],
+            ["in.txt", "out.hdf5", "--options", str(TINY_OPTIONS), "--weights", "w.hdf5"],
             1,
             "w.hdf5: cannot read as HDF5",
         ),
@@ -246,7 +247,7 @@ def test_bad_input_gives_one_line_and_status(tmp_path, setup, args, status, mess
         (tmp_path / "opts.json").write_text("{not json")
         (tmp_path / "w.hdf5").write_bytes(b"")
     if setup == "truncated":
-        (tmp_path / "w.hdf5").write_bytes((ALLENNLP / "lm_weights.hdf5").read_bytes()[:1000])
+        (tmp_path / "w.hdf5").write_bytes(TINY_WEIGHTS.read_bytes()[:1000])
     if setup == "exists":
         (tmp_path / "out.hdf5").write_bytes(b"keep me")
     cwd = os.getcwd()

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from conftest import ALLENNLP, BILMTF
+from conftest import ALLENNLP, BILMTF, shared_path, tiny_model
 from elmo.config import ElmoConfig
 from elmo.errors import ConfigError
 
@@ -11,7 +11,7 @@ BILMTF_INFERENCE = BILMTF / "generated" / "run_small_sampled" / "options_inferen
 
 
 def test_reads_allennlp_options():
-    cfg = ElmoConfig.from_json(ALLENNLP / "options.json")
+    cfg = ElmoConfig.from_json(shared_path(ALLENNLP / "options.json"))
     assert cfg.char_cnn.filters == [(1, 4), (2, 8), (3, 16), (4, 32), (5, 64)]
     assert cfg.char_cnn.n_filters == 124
     assert cfg.char_cnn.embedding_dim == 4 and cfg.char_cnn.n_highway == 2
@@ -26,7 +26,7 @@ def test_reads_allennlp_options():
     ids=["allennlp", "bilm-tf-model", "bilm-tf-training", "bilm-tf-inference"],
 )
 def test_round_trip_keeps_every_key(path, tmp_path):
-    original = json.loads(path.read_text())
+    original = json.loads(shared_path(path).read_text())
     cfg = ElmoConfig.from_json(path)
     assert cfg.to_dict() == original
     cfg.to_json(tmp_path / "options.json")
@@ -35,14 +35,14 @@ def test_round_trip_keeps_every_key(path, tmp_path):
 
 
 def test_bilm_tf_training_options_omit_inference_keys():
-    cfg = ElmoConfig.from_json(BILMTF_TRAINING)
+    cfg = ElmoConfig.from_json(shared_path(BILMTF_TRAINING))
     assert cfg.char_cnn.n_characters == 261
     assert cfg.char_cnn.max_characters_per_token == 10
     assert cfg.lstm.cell_clip is None and cfg.lstm.proj_clip is None
     assert cfg.lstm.use_skip_connections is False
     assert cfg.training["n_tokens_vocab"] == 32 and cfg.training["unroll_steps"] == 10
     inference = cfg.inference_options().to_dict()
-    expected = json.loads(BILMTF_INFERENCE.read_text())
+    expected = json.loads(shared_path(BILMTF_INFERENCE).read_text())
     assert inference == expected
 
 
@@ -77,7 +77,7 @@ def test_missing_file(tmp_path):
 
 
 def _options(**changes):
-    data = json.loads((ALLENNLP / "options.json").read_text())
+    data = json.loads((tiny_model() / "options.json").read_text())
     for dotted, value in changes.items():
         section, key = dotted.split("__")
         if value is ...:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import elmo
-from conftest import BILMTF
+from conftest import BILMTF, needs_shared
 from elmo.commands.convert import configure, run
 from elmo.convert import (
     convert,
@@ -27,6 +27,7 @@ from elmo.errors import ConvertError, ElmoError
 from tfckpt_writer import write_checkpoint, write_state_file
 
 GENERATED = BILMTF / "generated"
+needs_generated = needs_shared(GENERATED)
 RUNS = ("run_small_sampled", "run_small_fullsoftmax_nodropout")
 # The generated runs differ from the released models in what shapes cannot tell.
 RUN_OPTIONS = {
@@ -113,6 +114,7 @@ def test_dump_name(tf_name, expected):
 # --------------------------------------------------------------------------- bilm-tf
 
 
+@needs_generated
 @pytest.mark.parametrize("run", RUNS)
 def test_bilm_tf_checkpoint_gives_the_dumped_weights(tmp_path, run):
     out = tmp_path / "model"
@@ -127,6 +129,7 @@ def test_bilm_tf_checkpoint_gives_the_dumped_weights(tmp_path, run):
     assert not list(tmp_path.glob(".model.*"))  # no temporary directory left behind
 
 
+@needs_generated
 def test_bilm_tf_prefix_auto_format_and_options_override(tmp_path):
     prefix = GENERATED / "run_small_sampled" / "checkpoint" / "model_init.ckpt"
     assert detect_format(prefix) == "bilm-tf"
@@ -155,6 +158,7 @@ def _run_options(run: str = "run_small_fullsoftmax_nodropout") -> dict:
     return json.loads((GENERATED / run / "options.json").read_text(encoding="utf-8"))
 
 
+@needs_generated
 def test_single_layer_lstm_names(tmp_path):
     """bilm-tf names a one-layer LSTM without multi_rnn_cell; we write the Cell0 names."""
     variables = {}
@@ -244,6 +248,7 @@ def test_hub_names_as_written():
     assert _hub_name("CNN_high_0/W_carry") == "bilm/CNN_high_0/W_carry"
 
 
+@needs_generated
 @pytest.mark.parametrize("run", RUNS)
 def test_hub_module_gives_the_same_model(tmp_path, run):
     module = _write_hub_module(tmp_path / "module", run)
@@ -261,6 +266,7 @@ def test_hub_module_gives_the_same_model(tmp_path, run):
     assert np.isclose(sum(mix["normalized_weights"]), 1.0)
 
 
+@needs_generated
 def test_hub_defaults_are_the_released_values(tmp_path):
     module = _write_hub_module(tmp_path / "module", "run_small_sampled")
     result = convert_hub_module(module, tmp_path / "out")
@@ -284,6 +290,7 @@ def test_hub_defaults_are_the_released_values(tmp_path):
     assert result.config.output_dim == 16
 
 
+@needs_shared(BILMTF / "model")
 def test_infer_options_from_shapes():
     shapes = {n: v.shape for n, v in _datasets(BILMTF / "model" / "lm_weights.hdf5").items()}
     options = infer_options(shapes, {"lstm": {"use_skip_connections": False}})
@@ -296,6 +303,7 @@ def test_infer_options_from_shapes():
 # --------------------------------------------------------------------------- output handling
 
 
+@needs_generated
 def test_refuses_non_empty_output_unless_overwrite(tmp_path):
     src = GENERATED / "run_small_sampled" / "checkpoint"
     out = tmp_path / "out"
@@ -313,6 +321,7 @@ def test_refuses_non_empty_output_unless_overwrite(tmp_path):
         convert(src, tmp_path / "file", overwrite=True)
 
 
+@needs_generated
 def test_never_overwrites_its_own_source(tmp_path):
     src = _write_bilm_tf(tmp_path / "ckpt", _training_variables(), _run_options())
     with pytest.raises(ConvertError, match="checkpoint being converted"):
@@ -329,6 +338,7 @@ def test_error_class():
     assert issubclass(ConvertError, ElmoError) and issubclass(ConvertError, ValueError)
 
 
+@needs_generated
 def test_missing_variable_is_named_and_nothing_is_written(tmp_path):
     variables = _training_variables()
     del variables["lm/CNN_high_0/W_carry"]
@@ -340,6 +350,7 @@ def test_missing_variable_is_named_and_nothing_is_written(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
+@needs_generated
 def test_shape_mismatch_names_the_variable(tmp_path):
     options = _run_options()
     options["lstm"]["dim"] = 32
@@ -352,6 +363,7 @@ def test_shape_mismatch_names_the_variable(tmp_path):
         convert(src, tmp_path / "out")
 
 
+@needs_generated
 def test_variables_the_options_do_not_describe(tmp_path):
     options = _run_options()
     options["char_cnn"]["n_highway"] = 0
@@ -362,6 +374,7 @@ def test_variables_the_options_do_not_describe(tmp_path):
         convert(src, tmp_path / "out")
 
 
+@needs_generated
 def test_bilm_tf_without_options(tmp_path):
     src = _write_bilm_tf(tmp_path / "ckpt", _training_variables(), None)
     with pytest.raises(ConvertError, match=r"no options\.json"):
@@ -381,6 +394,7 @@ def test_not_an_elmo_checkpoint(tmp_path):
         convert_hub_module(prefix, tmp_path / "out")
 
 
+@needs_generated
 def test_two_models_in_one_checkpoint(tmp_path):
     variables = _training_variables()
     variables["other/CNN/W_cnn_0"] = variables["lm/CNN/W_cnn_0"]
@@ -389,6 +403,7 @@ def test_two_models_in_one_checkpoint(tmp_path):
         convert(src, tmp_path / "out")
 
 
+@needs_generated
 def test_bad_options(tmp_path):
     src = GENERATED / "run_small_sampled" / "checkpoint"
     with pytest.raises(ElmoError, match="activation"):
@@ -407,6 +422,7 @@ def _args(*argv: str) -> argparse.Namespace:
     return p.parse_args(list(argv))
 
 
+@needs_generated
 def test_cli_handler(tmp_path, capsys):
     module = _write_hub_module(tmp_path / "module", "run_small_sampled")
     out = tmp_path / "out"
@@ -426,6 +442,7 @@ def test_cli_handler(tmp_path, capsys):
         run(_args(str(module), "-o", str(out), "--overwrite", "--options", "{oops"))
 
 
+@needs_generated
 def test_cli_copies_of_fixture_checkpoint(tmp_path):
     """A copied checkpoint directory (read-only files) converts from its state file."""
     src = tmp_path / "ckpt"
@@ -434,6 +451,7 @@ def test_cli_copies_of_fixture_checkpoint(tmp_path):
     _assert_weights_equal(tmp_path / "out" / "weights.hdf5", GENERATED / "run_small_sampled" / "weights.hdf5")
 
 
+@needs_generated
 def test_two_spellings_of_one_weight(tmp_path):
     variables = _training_variables()
     variables["lm/RNN_0/rnn/lstm_cell/bias"] = variables["lm/RNN_0/rnn/multi_rnn_cell/cell_0/lstm_cell/bias"]

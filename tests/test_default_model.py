@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import elmo
-from conftest import ROOT
+from conftest import ROOT, SHARED, shared_path
 from elmo.cli import main
 from elmo.default_model import default_model_dir
 from elmo.train.models import load_language_model
@@ -78,7 +78,7 @@ def test_missing_bundled_files_are_reported(name, monkeypatch, tmp_path):
 def test_bundled_model_is_a_trained_language_model(tmp_path, capsys):
     """Heldout perplexity far below the vocabulary size (33,233 for an untrained model):
     the bundled weights are the trained ones (MODEL_CARD.md has the full-split figures)."""
-    valid = ROOT.parent / "shared" / "data" / "wikitext-2" / "sentences" / "valid" / "shard-00000.txt"
+    valid = shared_path(SHARED / "data" / "wikitext-2" / "sentences" / "valid" / "shard-00000.txt")
     lines = valid.read_text(encoding="utf-8").splitlines()[:100]
     text = tmp_path / "valid100.txt"
     text.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -25,15 +25,17 @@ import pytest
 import torch
 
 import elmo
-from conftest import ALLENNLP
+from conftest import tiny_model
 from elmo import cli, download
 from elmo.config import ElmoConfig
 from elmo.download import default_cache_dir, download_model, register_model
 from elmo.errors import DownloadError
 from elmo.resolve import resolve
 
-OPTIONS = (ALLENNLP / "options.json").read_bytes()
-WEIGHTS = (ALLENNLP / "lm_weights.hdf5").read_bytes()  # 450,896 bytes
+# The served model: the generated tiny one.
+TINY = tiny_model()
+OPTIONS = (TINY / "options.json").read_bytes()
+WEIGHTS = (TINY / "weights.hdf5").read_bytes()  # about 450 kB
 # Where the registry's "small" files live, relative to the published base URL.
 SMALL = "/2x1024_128_2048cnn_1xhighway/elmo_2x1024_128_2048cnn_1xhighway"
 SMALL_OPTIONS, SMALL_WEIGHTS = SMALL + "_options.json", SMALL + "_weights.hdf5"
@@ -176,7 +178,7 @@ def test_download_once_then_load_by_name(cache, server):
     assert resolve("small").weights == cache / "small" / "weights.hdf5"
     model = elmo.load("small")
     assert len(server.log) == 2
-    reference = elmo.load(ALLENNLP / "options.json", ALLENNLP / "lm_weights.hdf5")
+    reference = elmo.load(TINY / "options.json", TINY / "weights.hdf5")
     with torch.no_grad():
         assert torch.equal(model(["the cat sat"])["elmo"], reference(["the cat sat"])["elmo"])
 
@@ -196,10 +198,7 @@ def test_cache_location(monkeypatch, tmp_path):
 
 def test_paths_names_and_registration(cache, server, tmp_path):
     # an existing path is taken as it is
-    assert (
-        resolve(ALLENNLP / "options.json", ALLENNLP / "lm_weights.hdf5").weights
-        == ALLENNLP / "lm_weights.hdf5"
-    )
+    assert resolve(TINY).weights == TINY / "weights.hdf5"
     with pytest.raises(
         FileNotFoundError, match=r"nosuch: no such model directory, nor a known model name \(small"
     ):
@@ -245,7 +244,7 @@ def test_dropped_connection_resumes_with_range(cache, server, capsys):
     ]
     assert server.if_range == [f'"{len(WEIGHTS)}-1"']  # the ETag of the first response
     err = capsys.readouterr().err
-    assert "connection closed after 100000 of 450896 bytes; retrying" in err
+    assert f"connection closed after 100000 of {len(WEIGHTS)} bytes; retrying" in err
 
 
 def test_file_changed_on_the_server_starts_over(cache, server, capsys):
@@ -321,8 +320,9 @@ def test_size_differing_from_the_registry(cache, server):
     server.files.update({"/t/o.json": OPTIONS, "/t/w.hdf5": WEIGHTS})
     with pytest.raises(
         DownloadError,
-        match=rf"'tiny' weights from {server.url}/t/w.hdf5 \(the server announces 450896 bytes, "
-        r"the registry expects 450897\); fetch it yourself and place it at .*/tiny/weights.hdf5$",
+        match=rf"'tiny' weights from {server.url}/t/w.hdf5 \(the server announces {len(WEIGHTS)} bytes, "
+        rf"the registry expects {len(WEIGHTS) + 1}\); fetch it yourself and place it at "
+        r".*/tiny/weights.hdf5$",
     ):
         download_model("tiny", progress=False)
     assert sorted(p.name for p in (cache / "tiny").iterdir()) == [".lock", "options.json"]
@@ -334,7 +334,8 @@ def test_no_content_length(cache, server, size):
     register_model("tiny", f"{server.url}/t/o.json", f"{server.url}/t/w.hdf5", size=size)
     server.files.update({"/t/o.json": OPTIONS, "/t/w.hdf5": WEIGHTS})
     if size == len(WEIGHTS) - 1:
-        with pytest.raises(DownloadError, match="the server sent more than the 450895 bytes the registry"):
+        more = f"the server sent more than the {len(WEIGHTS) - 1} bytes the registry"
+        with pytest.raises(DownloadError, match=more):
             download_model("tiny", progress=False)
         assert not list((cache / "tiny").glob("weights.hdf5*"))
     else:

@@ -4,23 +4,26 @@ import pytest
 import torch
 
 import elmo
-from conftest import ALLENNLP
+from conftest import tiny_model
 from elmo.loading import find_model_files
+
+OPTIONS = tiny_model() / "options.json"
+WEIGHTS = tiny_model() / "weights.hdf5"
 
 
 def test_load_directory_and_files_agree(tmp_path):
-    shutil.copy(ALLENNLP / "options.json", tmp_path / "options.json")
-    shutil.copy(ALLENNLP / "lm_weights.hdf5", tmp_path / "weights.hdf5")
+    shutil.copy(OPTIONS, tmp_path / "options.json")
+    shutil.copy(WEIGHTS, tmp_path / "weights.hdf5")
     a = elmo.load(tmp_path)
-    b = elmo.load(ALLENNLP / "options.json", ALLENNLP / "lm_weights.hdf5")
+    b = elmo.load(OPTIONS, WEIGHTS)
     with torch.no_grad():
         assert torch.equal(a(["x y"])["elmo"], b(["x y"])["elmo"])
     assert not a.training and not a.stateful
 
 
 def test_released_file_names_are_found(tmp_path):
-    shutil.copy(ALLENNLP / "options.json", tmp_path / "elmo_2x1024_128_2048cnn_1xhighway_options.json")
-    shutil.copy(ALLENNLP / "lm_weights.hdf5", tmp_path / "elmo_2x1024_128_2048cnn_1xhighway_weights.hdf5")
+    shutil.copy(OPTIONS, tmp_path / "elmo_2x1024_128_2048cnn_1xhighway_options.json")
+    shutil.copy(WEIGHTS, tmp_path / "elmo_2x1024_128_2048cnn_1xhighway_weights.hdf5")
     options, weights = find_model_files(tmp_path)
     assert options.name.endswith("_options.json") and weights.name.endswith("_weights.hdf5")
     assert elmo.load(tmp_path).config.lstm.dim == 64
@@ -38,13 +41,13 @@ def test_directory_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such model directory"):
         elmo.load(tmp_path / "missing")
     with pytest.raises(TypeError, match="this is a weight file; pass the options too"):
-        elmo.load(ALLENNLP / "lm_weights.hdf5")
+        elmo.load(WEIGHTS)
     with pytest.raises(TypeError, match=r"load\(weights=\.\.\.\) needs the options too"):
-        elmo.load(weights=ALLENNLP / "lm_weights.hdf5")
+        elmo.load(weights=WEIGHTS)
 
 
 def test_stateful_flag_and_reset(tmp_path):
-    m = elmo.load(ALLENNLP / "options.json", ALLENNLP / "lm_weights.hdf5", stateful=True)
+    m = elmo.load(OPTIONS, WEIGHTS, stateful=True)
     with torch.no_grad():
         first = m(["the cat"])["elmo"]
         second = m(["the cat"])["elmo"]

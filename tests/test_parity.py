@@ -10,8 +10,10 @@ import pytest
 import torch
 
 import elmo
-from conftest import ALLENNLP, BILMTF, REFERENCE, fixture_batches, reference_sentences
+from conftest import ALLENNLP, BILMTF, FIXTURES, REFERENCE, fixture_batches, needs_shared, reference_sentences
 from elmo.chars import batch_to_char_ids
+
+pytestmark = needs_shared(FIXTURES)
 
 
 def _top_layer_refs(folder, prefix="lm_embeddings"):
@@ -142,12 +144,12 @@ def test_original_random_model_matches_reference(original_model_dir):
                 )
 
 
-def test_token_embeddings_fixture(tiny_module):
+def test_token_embeddings_fixture(allennlp_module):
     """word_emb of each vocabulary word alone equals AllenNLP's token embeddings."""
     words = (ALLENNLP / "vocab_test.txt").read_text(encoding="utf-8").split("\n")
     with h5py.File(ALLENNLP / "elmo_token_embeddings.hdf5", "r") as f:
         want = f["embedding"][()]
     assert len(words) == want.shape[0]
     with torch.no_grad():
-        got = tiny_module.bilm.token_encoder(batch_to_char_ids([words])[0]).numpy()
+        got = allennlp_module.bilm.token_encoder(batch_to_char_ids([words])[0]).numpy()
     assert np.abs(got - want).max() <= 1e-5

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ALLENNLP, SHARED, load_benchmark
+from conftest import ALLENNLP, SHARED, load_benchmark, needs_shared
 from elmo.mix import ScalarMix
 
 EWT = SHARED / "data" / "ud-english-ewt"
@@ -57,6 +57,7 @@ def test_reader_errors_name_file_and_line(line: str, message: str) -> None:
     assert str(info.value).startswith(message)
 
 
+@needs_shared(EWT)
 def test_reader_on_the_real_dev_file() -> None:
     dev = pp.read_conllu(EWT / "en_ewt-ud-dev.conllu")
     assert len(dev) == 2001
@@ -112,6 +113,8 @@ def test_mix_probe_is_a_scalar_mix_of_whitened_layers_with_word_emb_duplicated()
     assert torch.allclose(probe(layers), expected + probe.bias, atol=1e-4)
 
 
+@needs_shared(ALLENNLP)
+@needs_shared(EWT)
 def test_whole_pipeline_on_twenty_sentences_with_the_tiny_model(tmp_path: Path) -> None:
     args = [
         "--model",

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BILMTF
+from conftest import BILMTF, needs_shared, tiny_model
 from elmo.errors import ElmoError, TFCheckpointError
 from elmo.train.tfcheckpoint import (
     CheckpointReader,
@@ -23,6 +23,7 @@ from elmo.train.tfcheckpoint import (
 from tfckpt_writer import entry_proto, header_proto, snappy_compress, write_checkpoint, write_table
 
 GENERATED = BILMTF / "generated"
+needs_generated = needs_shared(GENERATED)
 RUNS = {"run_small_sampled": 60, "run_small_fullsoftmax_nodropout": 30}
 
 
@@ -37,6 +38,7 @@ def _assert_same(got: dict[str, np.ndarray], want) -> None:
 # --------------------------------------------------------------------------- fixtures
 
 
+@needs_generated
 @pytest.mark.parametrize("run", sorted(RUNS))
 @pytest.mark.parametrize(
     ("ckpt", "npz"),
@@ -57,6 +59,7 @@ def test_bilm_tf_checkpoints_match_numpy_dumps(run, ckpt, npz):
     assert got["global_step"].dtype == np.float32 and got["global_step"].shape == ()
 
 
+@needs_generated
 @pytest.mark.parametrize("run", sorted(RUNS))
 def test_list_variables_and_latest_checkpoint(run):
     folder = GENERATED / run / "checkpoint"
@@ -69,6 +72,7 @@ def test_list_variables_and_latest_checkpoint(run):
     assert float(read_variables(prefix, ["global_step"])["global_step"]) == RUNS[run]
 
 
+@needs_generated
 def test_latest_checkpoint_accepts_prefix_and_its_files():
     folder = GENERATED / "run_small_sampled" / "checkpoint"
     prefix = folder / "model.ckpt-60"
@@ -77,6 +81,7 @@ def test_latest_checkpoint_accepts_prefix_and_its_files():
     assert latest_checkpoint(folder / "model_init.ckpt") == folder / "model_init.ckpt"
 
 
+@needs_shared(BILMTF / "model")
 def test_released_model_fixture_has_no_tf_checkpoint():
     """bilm-tf/model holds only the dumped hdf5 weights: nothing to compare there."""
     with pytest.raises(TFCheckpointError, match="no TensorFlow checkpoint"):
@@ -94,6 +99,7 @@ def _copy_run(tmp_path: Path, run: str = "run_small_sampled") -> Path:
     return dst
 
 
+@needs_generated
 def test_state_file_absolute_and_moved_paths(tmp_path):
     folder = _copy_run(tmp_path)
     (folder / "checkpoint").write_text(f'model_checkpoint_path: "{folder / "model_step1.ckpt"}"\n')
@@ -109,6 +115,7 @@ def test_state_file_absolute_and_moved_paths(tmp_path):
         latest_checkpoint(folder)
 
 
+@needs_generated
 def test_directory_without_state_file(tmp_path):
     folder = _copy_run(tmp_path)
     (folder / "checkpoint").unlink()
@@ -226,6 +233,7 @@ def test_error_is_an_elmo_error():
     assert issubclass(TFCheckpointError, ElmoError) and issubclass(TFCheckpointError, ValueError)
 
 
+@needs_generated
 def test_truncated_index(tmp_path):
     folder = _copy_run(tmp_path)
     index = folder / "model.ckpt-60.index"
@@ -247,6 +255,7 @@ def test_corrupt_index_block(small_ckpt):
         CheckpointReader(small_ckpt)
 
 
+@needs_generated
 def test_corrupted_data_byte_fails_the_checksum(tmp_path):
     folder = _copy_run(tmp_path)
     prefix = folder / "model.ckpt-60"
@@ -283,7 +292,7 @@ def test_not_a_checkpoint(tmp_path):
     with pytest.raises(TFCheckpointError, match="bad table magic"):
         read_variables(fake)
     with pytest.raises(TFCheckpointError, match="does not exist"):
-        read_variables(BILMTF / "model" / "lm_weights.hdf5")
+        read_variables(tiny_model() / "weights.hdf5")
 
 
 def test_unknown_variable_lists_close_names(small_ckpt):

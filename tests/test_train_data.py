@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BILMTF
+from conftest import BILMTF, needs_shared
 from elmo.errors import DataError
 from elmo.train import data as data_module
 from elmo.train.data import (
@@ -25,6 +25,8 @@ from elmo.train.vocab import Vocabulary
 DATA = BILMTF / "train" / "data.txt"
 VOCAB = BILMTF / "train" / "vocab.txt"
 PIPELINE = BILMTF / "generated" / "data_pipeline"
+# Every test reads the bilm-tf training fixture text, vocabulary or batches.
+pytestmark = needs_shared(BILMTF)
 KEYS = (
     "token_ids",
     "tokens_characters",

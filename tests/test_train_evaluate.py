@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import BILMTF
+from conftest import BILMTF, needs_shared
 from elmo.config import ElmoConfig
 from elmo.train.evaluate import perplexity, sentence_log_probs
 from elmo.train.lm import TrainingBiLM
@@ -18,6 +18,7 @@ GENERATED = BILMTF / "generated"
 RUNS = ["run_small_sampled", "run_small_fullsoftmax_nodropout"]
 DATA = BILMTF / "train" / "data.txt"
 VOCAB = BILMTF / "train" / "vocab.txt"
+pytestmark = needs_shared(BILMTF)
 
 
 def _model(run: str) -> TrainingBiLM:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import elmo
-from conftest import ROOT, SHARED
+from conftest import ROOT, SHARED, needs_shared, shared_path
 from elmo.chars import batch_to_char_ids
 from elmo.errors import TrainError
 from elmo.train.checkpoint import load_checkpoint
@@ -58,7 +58,8 @@ TINY = {
 def corpus(tmp_path_factory) -> dict[str, Path]:
     """Four shards of WikiText-2 sentences, a held-out file and their vocabulary."""
     root = tmp_path_factory.mktemp("corpus")
-    lines = [line for line in WIKI.read_text(encoding="utf-8").splitlines() if line.strip()][:1200]
+    text = shared_path(WIKI).read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line.strip()][:1200]
     for k in range(4):
         (root / f"train-{k}.txt").write_text("\n".join(lines[k * 250 : (k + 1) * 250]) + "\n")
     (root / "heldout.txt").write_text("\n".join(lines[1000:1100]) + "\n")
@@ -299,6 +300,7 @@ def test_torchrun_two_processes_equal_one_process_with_the_same_global_batch(cor
 FIXTURE_RUN = SHARED / "fixtures" / "bilm-tf" / "generated" / "run_small_fullsoftmax_nodropout"
 
 
+@needs_shared(FIXTURE_RUN)
 def test_fine_tune_from_bilm_tf_checkpoint_reproduces_its_restart(tmp_path):
     """bilm-tf's restart: weights and Adagrad state from model.ckpt-30, data from the start."""
     options = json.loads((FIXTURE_RUN / "options.json").read_text())

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import BILMTF
+from conftest import BILMTF, shared_path
 from elmo.train.softmax import (
     LogUniformSampler,
     SampledCandidates,
@@ -34,13 +34,13 @@ TOL = {"rtol": 1e-5, "atol": 1e-6}
 
 @pytest.fixture(scope="module")
 def arrays() -> dict[str, np.ndarray]:
-    with np.load(CASES_DIR / "sampled_softmax_cases.npz") as z:
+    with np.load(shared_path(CASES_DIR / "sampled_softmax_cases.npz")) as z:
         return {k: z[k] for k in z.files}
 
 
 @pytest.fixture(scope="module")
 def meta() -> dict:
-    return json.loads((CASES_DIR / "sampled_softmax_cases.json").read_text())
+    return json.loads(shared_path(CASES_DIR / "sampled_softmax_cases.json").read_text())
 
 
 def _case(arrays: dict[str, np.ndarray], case: str) -> dict[str, torch.Tensor]:

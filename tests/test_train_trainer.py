@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BILMTF
+from conftest import BILMTF, needs_shared
 from elmo.config import ElmoConfig
 from elmo.train.lm import TrainingBiLM
 from elmo.train.optim import Adagrad
@@ -16,6 +16,7 @@ from elmo.train.tf_import import assign_tf_variables, tf_variable_names
 from elmo.train.trainer import train_step
 
 RUN = BILMTF / "generated" / "run_small_fullsoftmax_nodropout"
+pytestmark = needs_shared(RUN)
 
 # bilm-tf ran in float32 on another CPU; the README's float64 recomputation of its
 # step 1 agrees to 1.2e-7, so float32 here should too. The issue asks for losses to

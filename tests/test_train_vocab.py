@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BILMTF
+from conftest import BILMTF, needs_shared
 from elmo.chars import token_to_char_ids
 from elmo.commands.vocab import configure, run
 from elmo.errors import DataError, VocabularyError
@@ -23,8 +23,10 @@ from elmo.train.vocab import (
 
 DATA = BILMTF / "train" / "data.txt"
 VOCAB = BILMTF / "train" / "vocab.txt"
+needs_fixture_text = needs_shared(BILMTF / "train")
 
 
+@needs_fixture_text
 def test_reads_the_bilm_tf_fixture_vocabulary():
     lines = VOCAB.read_text(encoding="utf-8").split()
     vocab = Vocabulary.from_file(VOCAB)
@@ -49,6 +51,7 @@ def test_ids_are_line_indices(tmp_path):
     assert Vocabulary.from_file(out).words == vocab.words
 
 
+@needs_fixture_text
 def test_encode_as_bilm_tf():
     vocab = Vocabulary.from_file(VOCAB)
     words = "the neural zebra net".split()
@@ -133,6 +136,7 @@ def test_build_vocab_order_and_cuts(tmp_path):
         vocab_from_counts(counts, max_size=2)
 
 
+@needs_fixture_text
 def test_build_vocab_matches_the_fixture_words():
     built = build_vocab([DATA], min_count=2)
     fixture = Vocabulary.from_file(VOCAB).words

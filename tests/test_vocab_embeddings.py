@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ALLENNLP
+from conftest import ALLENNLP, needs_shared, shared_path
 from elmo.commands.vocab_embeddings import configure, run
 from elmo.errors import UsageError, VocabEmbeddingsError
 from elmo.vocab_embeddings import (
@@ -21,13 +21,14 @@ from elmo.vocab_embeddings import (
 )
 
 VOCAB = ALLENNLP / "vocab_test.txt"
+needs_vocab = needs_shared(VOCAB)
 # AllenNLP's cached token embeddings agree with ours to 7e-7 (float32, other kernels).
 ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
 def reference() -> np.ndarray:
-    with h5py.File(ALLENNLP / "elmo_token_embeddings.hdf5", "r") as f:
+    with h5py.File(shared_path(ALLENNLP / "elmo_token_embeddings.hdf5"), "r") as f:
         return f["embedding"][()]
 
 
@@ -37,20 +38,21 @@ def _args(*argv: str) -> argparse.Namespace:
     return p.parse_args(list(argv))
 
 
-def _model_args() -> list[str]:
-    return ["--options", str(ALLENNLP / "options.json"), "--weights", str(ALLENNLP / "lm_weights.hdf5")]
+def _model_args(files: tuple[Path, Path]) -> list[str]:
+    return ["--options", str(files[0]), "--weights", str(files[1])]
 
 
+@needs_vocab
 @pytest.mark.parametrize("batch_size", [1, 100, 1024])
-def test_matches_allennlp_token_embeddings(tiny_module, reference, batch_size):
+def test_matches_allennlp_token_embeddings(allennlp_module, reference, batch_size):
     words = read_vocab(VOCAB)
     assert len(words) == 458 and words[20] == "<S>" and words[224] == "</S>"
-    got = vocab_embeddings(tiny_module, words, batch_size=batch_size)
+    got = vocab_embeddings(allennlp_module, words, batch_size=batch_size)
     assert got.shape == reference.shape == (458, 16) and got.dtype == np.float32
     np.testing.assert_allclose(got, reference, rtol=0, atol=ATOL)
     # The plain biLM gives the same, and a word's row is its word_emb inside a sentence.
-    np.testing.assert_array_equal(vocab_embeddings(tiny_module.bilm, words[:50]), got[:50])
-    in_sentence = tiny_module(tokens=[words[100:110]], sequence_len=[10])["word_emb"][0]
+    np.testing.assert_array_equal(vocab_embeddings(allennlp_module.bilm, words[:50]), got[:50])
+    in_sentence = allennlp_module(tokens=[words[100:110]], sequence_len=[10])["word_emb"][0]
     np.testing.assert_allclose(in_sentence.detach().numpy(), got[100:110], rtol=0, atol=1e-6)
 
 
@@ -62,9 +64,10 @@ def test_boundary_tokens_get_boundary_embeddings(tiny_module):
     assert not np.allclose(got[2], got[0])
 
 
-def test_write_and_read_hdf5(tiny_module, reference, tmp_path):
+@needs_vocab
+def test_write_and_read_hdf5(allennlp_module, reference, tmp_path):
     out = tmp_path / "vocab.hdf5"
-    summary = write_vocab_embeddings(tiny_module, VOCAB, out, batch_size=64, quiet=True)
+    summary = write_vocab_embeddings(allennlp_module, VOCAB, out, batch_size=64, quiet=True)
     assert summary["words"] == 458 and summary["dim"] == 16 and summary["duplicates"] == []
     with h5py.File(out, "r") as f:
         assert f["embedding"].dtype == np.float32 and f["embedding"].shape == (458, 16)
@@ -76,6 +79,7 @@ def test_write_and_read_hdf5(tiny_module, reference, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["vocab.hdf5"]  # no temporary left behind
 
 
+@needs_vocab
 def test_refuses_to_overwrite(tiny_module, tmp_path):
     out = tmp_path / "vocab.hdf5"
     out.write_bytes(b"keep me")
@@ -87,6 +91,7 @@ def test_refuses_to_overwrite(tiny_module, tmp_path):
         assert f["embedding"].shape == (458, 16)
 
 
+@needs_vocab
 def test_failed_write_leaves_nothing(tiny_module, tmp_path):
     out = tmp_path / "vocab.hdf5"
     with pytest.raises(TypeError):
@@ -121,10 +126,10 @@ def test_read_vocab_errors_name_the_line(tmp_path, data, message):
         read_vocab(_vocab_file(tmp_path, data))
 
 
-def test_duplicates_keep_their_rows(tiny_module, tmp_path, capsys):
+def test_duplicates_keep_their_rows(tiny_model_files, tiny_module, tmp_path, capsys):
     vocab = _vocab_file(tmp_path, b"the\ncat\nthe\n")
     out = tmp_path / "out.hdf5"
-    assert run(_args(str(vocab), "-o", str(out), *_model_args(), "--quiet")) == 0
+    assert run(_args(str(vocab), "-o", str(out), *_model_args(tiny_model_files), "--quiet")) == 0
     assert "repeated token" in capsys.readouterr().err
     with h5py.File(out, "r") as f:
         emb = f["embedding"][()]
@@ -134,29 +139,33 @@ def test_duplicates_keep_their_rows(tiny_module, tmp_path, capsys):
     assert summary["duplicates"] == [("the", 0, 2)]
 
 
-def test_command_line(reference, tmp_path, capsys):
+@needs_vocab
+def test_command_line(allennlp_model_files, reference, tmp_path, capsys):
     out = tmp_path / "emb.hdf5"
-    assert run(_args(str(VOCAB), "-o", str(out), *_model_args(), "--batch-size", "37")) == 0
+    model = _model_args(allennlp_model_files)
+    assert run(_args(str(VOCAB), "-o", str(out), *model, "--batch-size", "37")) == 0
     err = capsys.readouterr().err
     assert "wrote 458 embeddings of size 16" in err
     with h5py.File(out, "r") as f:
         np.testing.assert_allclose(f["embedding"][()], reference, rtol=0, atol=ATOL)
     with pytest.raises(VocabEmbeddingsError, match="already exists"):
-        run(_args(str(VOCAB), "-o", str(out), *_model_args()))
-    assert run(_args(str(VOCAB), "-o", str(out), *_model_args(), "--overwrite", "-q")) == 0
+        run(_args(str(VOCAB), "-o", str(out), *model))
+    assert run(_args(str(VOCAB), "-o", str(out), *model, "--overwrite", "-q")) == 0
     assert capsys.readouterr().err == ""
 
 
-def test_command_line_model_directory(tmp_path):
+@needs_vocab
+def test_command_line_model_directory(tiny_model_files, tmp_path):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    (model_dir / "options.json").write_bytes((ALLENNLP / "options.json").read_bytes())
-    (model_dir / "weights.hdf5").write_bytes((ALLENNLP / "lm_weights.hdf5").read_bytes())
+    (model_dir / "options.json").write_bytes(tiny_model_files[0].read_bytes())
+    (model_dir / "weights.hdf5").write_bytes(tiny_model_files[1].read_bytes())
     out = tmp_path / "emb.hdf5"
     assert run(_args(str(VOCAB), "-o", str(out), "-m", str(model_dir), "-q")) == 0
     assert out.is_file()
 
 
+@needs_vocab
 @pytest.mark.parametrize(
     ("argv", "error", "message"),
     [
@@ -173,15 +182,18 @@ def test_command_line_usage_errors(tmp_path, argv, error, message):
     assert not out.exists()
 
 
-def test_command_line_missing_inputs(tmp_path):
+@needs_vocab
+def test_command_line_missing_inputs(tiny_model_files, tmp_path):
+    model = _model_args(tiny_model_files)
     with pytest.raises(FileNotFoundError, match="vocabulary file not found"):
-        run(_args(str(tmp_path / "nope.txt"), "-o", str(tmp_path / "x.hdf5"), *_model_args()))
+        run(_args(str(tmp_path / "nope.txt"), "-o", str(tmp_path / "x.hdf5"), *model))
     with pytest.raises(VocabEmbeddingsError, match="directory does not exist"):
-        run(_args(str(VOCAB), "-o", str(tmp_path / "no" / "x.hdf5"), *_model_args()))
+        run(_args(str(VOCAB), "-o", str(tmp_path / "no" / "x.hdf5"), *model))
     with pytest.raises(VocabEmbeddingsError, match="is a directory"):
-        run(_args(str(VOCAB), "-o", str(tmp_path), *_model_args()))
+        run(_args(str(VOCAB), "-o", str(tmp_path), *model))
 
 
+@needs_vocab
 def test_output_is_independent_of_batching(tiny_module):
     words = read_vocab(VOCAB)
     whole = vocab_embeddings(tiny_module, words, batch_size=1024)

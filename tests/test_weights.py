@@ -15,14 +15,15 @@ import pytest
 import torch
 
 import elmo
-from conftest import ALLENNLP, ROOT
+from conftest import ALLENNLP, ROOT, needs_shared, tiny_model
 from elmo.config import ElmoConfig
 from elmo.errors import ConfigError, WeightsError
 from elmo.model import ElmoBiLM
 from elmo.weights import load_weights, save_weights
 
-OPTIONS = ALLENNLP / "options.json"
-WEIGHTS = ALLENNLP / "lm_weights.hdf5"
+# The model each bad file below is made from: the generated tiny one.
+OPTIONS = tiny_model() / "options.json"
+WEIGHTS = tiny_model() / "weights.hdf5"
 
 
 def _datasets(path) -> dict[str, np.ndarray]:
@@ -32,15 +33,18 @@ def _datasets(path) -> dict[str, np.ndarray]:
     return out
 
 
+@needs_shared(ALLENNLP)
 def test_round_trip_is_identical(tmp_path):
-    bilm = elmo.load_bilm(OPTIONS, WEIGHTS)
+    """AllenNLP's tiny test weight file, written by other software, comes back as it was."""
+    options, weights = ALLENNLP / "options.json", ALLENNLP / "lm_weights.hdf5"
+    bilm = elmo.load_bilm(options, weights)
     save_weights(bilm, tmp_path / "weights.hdf5")
-    source, saved = _datasets(WEIGHTS), _datasets(tmp_path / "weights.hdf5")
+    source, saved = _datasets(weights), _datasets(tmp_path / "weights.hdf5")
     assert sorted(source) == sorted(saved)
     for name in source:
         assert saved[name].shape == source[name].shape and saved[name].dtype == np.float32, name
         assert np.array_equal(saved[name], source[name]), name
-    again = elmo.load_bilm(OPTIONS, tmp_path / "weights.hdf5")
+    again = elmo.load_bilm(options, tmp_path / "weights.hdf5")
     for (n1, p1), (n2, p2) in zip(bilm.state_dict().items(), again.state_dict().items()):
         assert n1 == n2 and torch.equal(p1, p2), n1
     assert not (tmp_path / "weights.hdf5.tmp").exists()
