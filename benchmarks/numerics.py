@@ -29,6 +29,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import h5py
@@ -180,6 +181,37 @@ def lower_precision(model_dir: Path, precision: str) -> dict:
     return {"mean": min(float(c.mean()) for c in cos), "min": min(float(c.min()) for c in cos)}
 
 
+def int8_seven_bit(model_dir: Path) -> dict:
+    """int8 as CPUs without VNNI run it: activations quantized to 7 bits (see
+    ``elmo.engine.precision``). fbgemm picks its kernels by the CPU's own flags, so this is
+    how an AVX2-only CPU's int8 accuracy is reproduced on a newer one."""
+    from elmo.engine import precision
+
+    saved = precision._reduce_range
+    precision._reduce_range = lambda: True  # type: ignore[assignment]
+    try:
+        return lower_precision(model_dir, "int8")
+    finally:
+        precision._reduce_range = saved
+
+
+def embed_run_to_run(model_dir: Path, workdir: Path) -> float:
+    """``test_cli``'s resume comparison: two separate ``elmo embed`` runs of the fast engine on
+    the same input (336 lines, batch 8, top layer); the largest difference between them."""
+    lines = [" ".join(s) for s in reference_sentences()] * 8
+    source = workdir / "in.txt"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    outputs = []
+    for k in range(2):
+        out = workdir / f"out{k}.hdf5"
+        args = ["--model", str(model_dir), "--batch-size", "8", "--shard-size", "32", "--layers", "top"]
+        cmd = [sys.executable, "-m", "elmo", "embed", str(source), str(out), *args, "--quiet", "--overwrite"]
+        subprocess.run(cmd, check=True)
+        with h5py.File(out, "r") as f:
+            outputs.append({key: f[key][()] for key in f if key != "sentence_to_index"})
+    return max(float(np.abs(outputs[0][key] - outputs[1][key]).max(initial=0.0)) for key in outputs[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--label", default="native", help="name of the CPU kind measured")
@@ -212,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         },
         "lower_precision_small": {p: lower_precision(small, p) for p in ("bfloat16", "int8")},
     }
+    result["lower_precision_small"]["int8_7bit"] = int8_seven_bit(small)
+    with tempfile.TemporaryDirectory() as tmp:
+        result["embed_run_to_run_small"] = embed_run_to_run(small, Path(tmp))
     if not args.skip_original:
         for gain in (1, 2):
             result["fast_vs_plain"][f"original_gain{gain}"] = fast_vs_plain(random_model("original", 1, gain))

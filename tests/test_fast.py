@@ -1,7 +1,9 @@
 """The fast engine against the plain reference model: same outputs, states and contract.
 
-Tolerances: float32 within 1e-5 of the plain model (measured: below 2e-6 on the small
-and tiny models); bfloat16 and int8 by per-token cosine similarity against float32.
+Tolerances: float32 within 1e-5 of the plain model (measured by benchmarks/numerics.py:
+at most 2.4e-6 on the tiny, small and original-size gain-1 models, with AVX2 and AVX-512
+kernels alike); bfloat16 and int8 by per-token cosine similarity against float32. The
+chaotic gain-2 model is compared by relative error (see GAIN2_NORM_REL).
 """
 
 from __future__ import annotations
@@ -406,8 +408,11 @@ def _cosines(got: list[torch.Tensor], want: list[torch.Tensor], mask: torch.Tens
 def test_lower_precision_accuracy(small_bilm, dtype):
     """Per-token cosine similarity with float32 on every layer, mean and minimum >= 0.999.
 
-    Measured on the 42 reference sentences (small model; the original-size one is alike):
-    bfloat16 mean >= 0.99998, min >= 0.99997; int8 mean >= 0.9999, min >= 0.9997.
+    Measured on the 42 reference sentences (small model; the original-size one is alike) by
+    benchmarks/numerics.py: bfloat16 min 0.99997 with AVX-512 BF16 and emulated (AVX2
+    kernels); int8 min 0.99977 with VNNI (8-bit activations) and INT8_7BIT_MIN without
+    (7-bit, as AVX2-only CPUs run it). The floor of 0.999 leaves a margin of 30x (bfloat16)
+    and more than 2x (int8) in 1 - cosine.
     """
     if dtype == "int8" and "x86" not in torch.backends.quantized.supported_engines:
         pytest.skip("no x86 quantized backend")
@@ -432,26 +437,51 @@ def test_states_have_the_plain_layout(tiny_bilm):
     assert out.state[0].forward_h.shape == (2, 16) and out.state[0].forward_c.shape == (2, 64)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("gain", [1, 2])
-def test_original_size_fast_equals_plain(gain):
-    """Gain 1 (the benchmark model): within 1e-5 (measured 1e-6).
+# Measured by benchmarks/numerics.py on the edge batch (results in benchmarks/RESULTS.md),
+# with each CPU kind's kernels: AVX2 (ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
+# MKL_ENABLE_INSTRUCTIONS=AVX2, which reproduces the AVX2-only EPYC's figures exactly),
+# AVX-512 (AVX512_CORE) and AVX-512 with BF16/VNNI (native, AMD EPYC).
+#
+# Gain 1 (the benchmark model's scale): the largest difference from the plain model, any
+# layer or state, 2.4e-6 (AVX-512) and 2.2e-6 (AVX2): TOL = 1e-5 holds with a margin of 4x.
+#
+# Gain 2 drives the clipped recurrences into chaos: float32 rounding differences grow along
+# the sentence, differently with each CPU's kernels (AllenNLP itself moves by 1e-4 between
+# CPUs, see test_parity.ORIGINAL_ATOL). The top layer's largest absolute difference is
+# 1.82e-4 on AVX-512 and 2.18e-4 on AVX2, on values up to 5.4: an absolute bound tuned on one
+# kind fails on the next. What is stable is the size of the error relative to the layer:
+# ||fast - plain|| / ||plain|| per layer, measured at most 1.5e-5 (AVX-512) and 1.75e-5
+# (AVX2), and the largest difference relative to the layer's largest value, at most 3.4e-5
+# and 4.0e-5. The bounds below are 5.7x and 5x those.
+GAIN2_NORM_REL = 1e-4
+GAIN2_MAX_REL = 2e-4
 
-    Gain 2 amplifies float32 rounding through its clipped recurrences (see
-    ``test_parity.ORIGINAL_ATOL``: AllenNLP itself moves by 1e-4 between CPUs); measured
-    on an AVX-512 CPU with oneDNN products, 64 benchmark sentences: 6.9e-5 on token
-    representations of magnitude ~30, 9.2e-5 on the top layer.
-    """
-    bilm = elmo.load(random_model("original", 1, gain), engine="plain").bilm
+
+@pytest.mark.slow
+def test_original_size_fast_equals_plain():
+    """Gain 1, the original size: within TOL of the plain model on every layer and state."""
+    bilm = elmo.load(random_model("original", 1, 1), engine="plain").bilm
+    ids = batch_to_char_ids(_edge_batch())
+    with torch.no_grad():
+        want = bilm(ids)
+    _assert_close_outputs(FastBiLM(bilm)(ids), want)
+
+
+@pytest.mark.slow
+def test_original_size_gain2_relative_error():
+    """Gain 2 (chaotic, see above): the error relative to each layer, on every CPU kind."""
+    bilm = elmo.load(random_model("original", 1, 2), engine="plain").bilm
     ids = batch_to_char_ids(_edge_batch())
     with torch.no_grad():
         want = bilm(ids)
     got = FastBiLM(bilm)(ids)
-    if gain == 1:
-        _assert_close_outputs(got, want)
-    else:
-        for a, b in zip(got.layers, want.layers):
-            assert torch.allclose(a, b, rtol=1e-5, atol=2e-4)
+    assert torch.equal(got.mask, want.mask)
+    for k, (a, b) in enumerate(zip(got.layers, want.layers)):
+        diff = (a.double() - b.double()).abs()
+        norm_rel = float(diff.norm() / b.double().norm())
+        max_rel = float(diff.max() / b.abs().max())
+        assert norm_rel <= GAIN2_NORM_REL and max_rel <= GAIN2_MAX_REL, (k, norm_rel, max_rel)
+        assert (a[~got.mask] == 0).all()
 
 
 def _on_cpu(out: BiLMOutput) -> BiLMOutput:

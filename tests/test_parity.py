@@ -89,10 +89,10 @@ def _stack(out: dict, row: int, n: int) -> np.ndarray:
     )
 
 
-def _run_reference(model_dir):
+def _run_reference(model_dir, engine="auto"):
     """Our outputs in the reference's two modes: each line alone, and batches of 4, stateful."""
     sentences = reference_sentences()
-    m = elmo.load(model_dir)
+    m = elmo.load(model_dir, engine=engine)
     stateless, stateful = [], []
     with torch.no_grad():
         for s in sentences:
@@ -106,9 +106,14 @@ def _run_reference(model_dir):
     return {"stateless": stateless, "stateful": stateful}
 
 
-def test_small_random_model_matches_reference(small_model_dir):
-    """Small size, gain 1: every layer of all 42 edge-case sentences, both modes."""
-    ours = _run_reference(small_model_dir)
+@pytest.mark.parametrize("engine", ["plain", "fast"])
+def test_small_random_model_matches_reference(small_model_dir, engine):
+    """Small size, gain 1: every layer of all 42 edge-case sentences, both modes.
+
+    The absolute term needed beside rtol=1e-5, measured by benchmarks/numerics.py with AVX2
+    and AVX-512 kernels: 6.6e-7 (plain) and 2.7e-6 (fast); 1e-5 leaves a margin of 3.7x.
+    """
+    ours = _run_reference(small_model_dir, engine)
     with h5py.File(REFERENCE / "small_seed1_gain1.hdf5", "r") as ref:
         for mode, outputs in ours.items():
             assert len(outputs) == len(ref[mode]) == 42
@@ -119,29 +124,39 @@ def test_small_random_model_matches_reference(small_model_dir):
 
 
 # The full-size gain-2 reference was made on a CPU whose BLAS kernels (AVX-512) round
-# differently from the AVX2 machines this project is tested on, and the gain-2 model
-# amplifies float32 rounding through its clipped recurrences. AllenNLP 2.10.1 itself,
-# rerun on such a machine (2-core AMD EPYC, AVX2, torch 2.13 CPU), deviates from the stored
-# file by up to 1.0e-4 on a sentence alone and 4.5e-4 over ten chained stateful batches, and
-# fails allclose(rtol=1e-5, atol=1e-5) on 39 of the 42 sentences. Our deviations measured
-# there: 5.4e-5 and 6.6e-4. The absolute term below is that cross-machine noise with margin;
-# on the reference's own hardware the spec's 1e-5 applies.
+# differently from others, and the gain-2 model amplifies float32 rounding through its
+# clipped recurrences: AllenNLP 2.10.1 itself, rerun on an AVX2 EPYC, deviates from the
+# stored file by up to 1.0e-4 on a sentence alone and 4.5e-4 over ten chained stateful
+# batches. So the comparison is split (measured by benchmarks/numerics.py, RESULTS.md):
+#
+# - the plain model, whose products are plain BLAS calls like AllenNLP's, against the
+#   reference with rtol=1e-5 and the absolute term below. The absolute term needed,
+#   stateless / stateful: 3.3e-5 / 4.1e-4 with AVX-512 kernels, 5.0e-5 / 6.6e-4 with AVX2
+#   (the AVX2 EPYC measured the same). The bounds leave margins of 4x / 3x.
+# - the fast engine, whose different summation order adds its own rounding on top, by the
+#   error relative to each sentence's layers, ||ours - reference|| / ||reference||:
+#   stateless / stateful 2.6e-6 / 1.7e-5 (AVX-512), 2.7e-6 / 1.9e-5 (AVX2). Its largest
+#   absolute deviation, 1.7e-4 stateless, is too close to any absolute bound that the
+#   plain model's would also fit, and grows with the kernels' differences.
 ORIGINAL_ATOL = {"stateless": 2e-4, "stateful": 2e-3}
+ORIGINAL_FAST_NORM_REL = 1e-4  # 5.3x the largest measured
 
 
 @pytest.mark.slow
-def test_original_random_model_matches_reference(original_model_dir):
-    ours = _run_reference(original_model_dir)
+@pytest.mark.parametrize("engine", ["plain", "fast"])
+def test_original_random_model_matches_reference(original_model_dir, engine):
+    ours = _run_reference(original_model_dir, engine)
     with h5py.File(REFERENCE / "original_seed1_gain2.hdf5", "r") as ref:
         for mode, outputs in ours.items():
             for i, got in enumerate(outputs):
                 want = ref[f"{mode}/{i}"][()]
                 assert got.shape == want.shape, (mode, i)
-                assert np.allclose(got, want, rtol=1e-5, atol=ORIGINAL_ATOL[mode]), (
-                    mode,
-                    i,
-                    np.abs(got - want).max(),
-                )
+                diff = np.abs(got.astype(np.float64) - want)
+                if engine == "plain":
+                    assert np.allclose(got, want, rtol=1e-5, atol=ORIGINAL_ATOL[mode]), (mode, i, diff.max())
+                else:
+                    norm_rel = np.linalg.norm(diff) / np.linalg.norm(want)
+                    assert norm_rel <= ORIGINAL_FAST_NORM_REL, (mode, i, norm_rel)
 
 
 def test_token_embeddings_fixture(allennlp_module):
