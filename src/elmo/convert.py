@@ -48,7 +48,7 @@ import torch
 from elmo.config import ElmoConfig
 from elmo.errors import ElmoError
 from elmo.model import ElmoBiLM
-from elmo.train.tfcheckpoint import CheckpointReader, latest_checkpoint
+from elmo.tfcheckpoint import CheckpointReader, latest_checkpoint
 from elmo.weights import dataset_layout
 
 __all__ = [

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from elmo.errors import ElmoError
+from elmo.tfcheckpoint import latest_checkpoint, list_variables, read_variables
 from elmo.train.lm import TrainingBiLM
 from elmo.train.optim import Adagrad
-from elmo.train.tfcheckpoint import latest_checkpoint, list_variables, read_variables
 
 __all__ = [
     "TFImportError",
