@@ -11,7 +11,7 @@ import pytest
 
 from conftest import BILMTF
 from elmo.chars import token_to_char_ids
-from elmo.train.data import DataError
+from elmo.train.text import DataError
 from elmo.train.vocab import (
     Vocabulary,
     VocabularyError,

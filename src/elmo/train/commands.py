@@ -104,9 +104,9 @@ def configure_perplexity(p: argparse.ArgumentParser) -> None:
 
 
 def run_perplexity(args: argparse.Namespace) -> int:
-    from elmo.train.data import DataError, find_shards, read_sentences
     from elmo.train.evaluate import perplexity
     from elmo.train.models import ModelError, load_language_model
+    from elmo.train.text import DataError, find_shards, read_sentences
     from elmo.train.vocab import Vocabulary
 
     if args.batch_size < 1:

@@ -34,6 +34,7 @@ import numpy as np
 
 from elmo.chars import BOS_CHAR, BOS_TOKEN, BOW_CHAR, EOS_CHAR, EOS_TOKEN, EOW_CHAR, PAD_CHAR
 from elmo.errors import ElmoError
+from elmo.train.text import DataError, find_shards, iter_lines
 
 __all__ = [
     "MAXTERMID",
@@ -231,12 +232,10 @@ def token_counts(paths: Iterable[str | os.PathLike[str]]) -> Counter[str]:
     """Occurrences of every token in ``paths`` (one tokenized sentence a line).
 
     Streams the files line by line, so memory holds the counter, not the text. Raises
-    :class:`elmo.train.data.DataError` for no files, for a file holding ``<S>`` or
+    :class:`elmo.train.text.DataError` for no files, for a file holding ``<S>`` or
     ``</S>`` as a token (bilm-tf adds those markers itself; the error names the file and
     line) and for text that is not UTF-8.
     """
-    from elmo.train.data import DataError, iter_lines
-
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     files = list(paths)
@@ -282,8 +281,6 @@ def build_vocab(
     order of first occurrence (files in the given order). See :func:`token_counts` for
     the errors; an empty corpus (no token at all) is an error too.
     """
-    from elmo.train.data import DataError
-
     files = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     counts = token_counts(files)
     if not counts:
@@ -330,8 +327,6 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``elmo vocab``: count the corpus, write the vocabulary, print a summary to stderr."""
-    from elmo.train.data import DataError, find_shards
-
     files = find_shards(args.corpus)
     counts = token_counts(files)
     total = sum(counts.values())
