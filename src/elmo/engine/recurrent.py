@@ -118,7 +118,8 @@ TANH_BY_SIGMOID = frozenset({"cpu"})
 # model.LSTMLayer (model.lstm_cell): row-major packed layout, gate columns reordered to
 # i, f, o, j, forget bias folded into the bias, tanh through the sigmoid on CPUs. It takes
 # the gate order and the forget bias from elmo.model; tests/test_fast.py pins it to the
-# plain model (every precision, clipping active, both tanh ways, carried state).
+# plain model (every backend and precision, both tanh ways, carried state; gain-2 weights
+# in the slow original-size test).
 class LayerWeights:
     """One biLSTM layer's weights for the engine, in one precision.
 
