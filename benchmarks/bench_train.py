@@ -40,9 +40,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from elmo.config import ElmoConfig
-    from elmo.train.data import LMBatches, find_shards
+    from elmo.train.data import LMBatches
     from elmo.train.lm import TrainingBiLM, init_like_bilm_tf
     from elmo.train.optim import Adagrad
+    from elmo.train.text import find_shards
     from elmo.train.trainer import train_step
     from elmo.train.vocab import Vocabulary, build_vocab
 

@@ -20,7 +20,6 @@ from elmo.convert import (
     convert_bilm_tf_checkpoint,
     convert_hub_module,
     detect_format,
-    dump_name,
     infer_options,
 )
 from elmo.errors import ConvertError, ElmoError
@@ -69,46 +68,6 @@ def _assert_lm_outputs_match(model_dir: Path, run: str, layers: int = 3) -> None
     for k, got in enumerate(ours):
         ref = stored["lm_embeddings"][:, k, :t]
         assert np.abs(got - ref)[mask].max() <= 1e-5, k
-
-
-# --------------------------------------------------------------------------- names
-
-
-@pytest.mark.parametrize(
-    ("tf_name", "expected"),
-    [
-        ("lm/char_embed", ("lm", "char_embed")),
-        ("lm/CNN/W_cnn_3", ("lm", "CNN/W_cnn_3")),
-        ("lm/CNN_high_1/W_carry", ("lm", "CNN_high_1/W_carry")),
-        ("lm/CNN_proj/b_proj:0", ("lm", "CNN_proj/b_proj")),
-        (
-            "lm/RNN_1/rnn/multi_rnn_cell/cell_0/lstm_cell/kernel",
-            ("lm", "RNN_1/RNN/MultiRNNCell/Cell0/LSTMCell/W_0"),
-        ),
-        (
-            "lm/RNN_0/rnn/multi_rnn_cell/cell_1/lstm_cell/projection/kernel",
-            ("lm", "RNN_0/RNN/MultiRNNCell/Cell1/LSTMCell/W_P_0"),
-        ),
-        ("lm/RNN_0/rnn/lstm_cell/bias", ("lm", "RNN_0/RNN/MultiRNNCell/Cell0/LSTMCell/B")),
-        (
-            "bilm/RNN_1/RNN/MultiRNNCell/Cell1/rnn/lstm_cell/kernel",
-            ("bilm", "RNN_1/RNN/MultiRNNCell/Cell1/LSTMCell/W_0"),
-        ),
-        ("module/bilm/CNN/b_cnn_0", ("module/bilm", "CNN/b_cnn_0")),
-        ("RNN_0/RNN/LSTMCell/W_P_0", ("", "RNN_0/RNN/MultiRNNCell/Cell0/LSTMCell/W_P_0")),
-        ("RNN_1/RNN/MultiRNNCell/Cell0/LSTMCell/B", ("", "RNN_1/RNN/MultiRNNCell/Cell0/LSTMCell/B")),
-        # lstrip('lm/') would have eaten the "m" of "model" and the "l" of "lstm".
-        ("model/CNN/W_cnn_0", ("model", "CNN/W_cnn_0")),
-        ("lm/CNN/W_cnn_0/Adagrad", None),
-        ("lm/RNN_0/rnn/multi_rnn_cell/cell_0/lstm_cell/kernel/Adagrad", None),
-        ("lm/softmax/W", None),
-        ("global_step", None),
-        ("aggregation/weights", None),
-        ("bilm/RNN_0/Variable", None),
-    ],
-)
-def test_dump_name(tf_name, expected):
-    assert dump_name(tf_name) == expected
 
 
 # --------------------------------------------------------------------------- bilm-tf

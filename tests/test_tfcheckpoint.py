@@ -1,4 +1,4 @@
-"""Reading TensorFlow V2 checkpoints without TensorFlow (elmo.train.tfcheckpoint)."""
+"""Reading TensorFlow V2 checkpoints without TensorFlow (elmo.tfcheckpoint)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from conftest import BILMTF, needs_shared, tiny_model
 from elmo.errors import ElmoError, TFCheckpointError
-from elmo.train.tfcheckpoint import (
+from elmo.tfcheckpoint import (
     CheckpointReader,
     crc32c,
     latest_checkpoint,
@@ -143,7 +143,7 @@ def test_crc32c_known_values():
 @pytest.mark.parametrize("n", [(1 << 16) - 1, 1 << 16, (1 << 16) + 4099, 5 * 4096 * 4 + 3])
 def test_crc32c_fast_path_matches_byte_loop(n):
     """Large inputs take the lane-parallel numpy path; it must equal the plain loop."""
-    from elmo.train import tfcheckpoint as tfc
+    from elmo import tfcheckpoint as tfc
 
     data = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8)
     slow = tfc._crc_update(0xFFFFFFFF, data.tobytes()) ^ 0xFFFFFFFF

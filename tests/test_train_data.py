@@ -13,13 +13,8 @@ import pytest
 from conftest import BILMTF, needs_shared
 from elmo.errors import DataError
 from elmo.train import data as data_module
-from elmo.train.data import (
-    LMBatches,
-    SentenceStream,
-    count_tokens,
-    find_shards,
-    read_sentences,
-)
+from elmo.train.data import LMBatches, SentenceStream
+from elmo.train.text import count_tokens, read_sentences
 from elmo.train.vocab import Vocabulary
 
 DATA = BILMTF / "train" / "data.txt"
@@ -157,13 +152,13 @@ def test_test_mode_reads_each_shard_once_in_order(shards):
 
 def test_one_shard_in_memory_at_a_time(shards, monkeypatch):
     reads: list[Path] = []
-    real = data_module._read_lines
+    real = data_module.read_lines
 
     def spy(path: Path) -> list[str]:
         reads.append(path)
         return real(path)
 
-    monkeypatch.setattr(data_module, "_read_lines", spy)
+    monkeypatch.setattr(data_module, "read_lines", spy)
     stream = SentenceStream(shards, shuffle_shards=True, seed=1)
     stream.next_sentence()
     assert len(reads) == 1
@@ -379,24 +374,6 @@ def test_padded_test_mode_starts_like_bilm_tf(vocab):
 
 
 # --------------------------------------------------------------------------- files and errors
-def test_find_shards(tmp_path, shards):
-    assert find_shards(str(tmp_path / "shard-*.txt")) == shards
-    assert find_shards([shards[3], str(tmp_path / "shard-0[01].txt"), shards[0]]) == [
-        shards[0],
-        shards[1],
-        shards[3],
-    ]
-    odd = tmp_path / "odd[1].txt"
-    odd.write_text("x\n")
-    assert find_shards(odd) == [odd]
-    with pytest.raises(DataError, match=r"nothing-\*\.txt: matches no file"):
-        find_shards([str(shards[0]), str(tmp_path / "nothing-*.txt")])
-    with pytest.raises(DataError, match="only directories"):
-        find_shards(str(tmp_path))
-    with pytest.raises(DataError, match="no data files"):
-        find_shards([])
-
-
 def test_empty_shards_are_skipped_and_empty_corpus_is_an_error(tmp_path, vocab):
     empty = tmp_path / "a-empty.txt"
     empty.write_text("")
@@ -440,9 +417,3 @@ def test_not_utf8_is_an_error_naming_the_line(tmp_path, vocab):
         count_tokens(path)
     with pytest.raises(DataError, match=r"line 3: not UTF-8"):
         next(LMBatches(path, vocab, 1, 4, 8))
-
-
-def test_count_tokens_and_read_sentences():
-    assert count_tokens(DATA) == 134
-    sentences = list(read_sentences(find_shards(DATA)))
-    assert len(sentences) == 5 and sentences[1] == "these models make use of neural networks .".split()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from elmo.train.tfcheckpoint import TABLE_MAGIC, crc32c, mask_crc32c
+from elmo.tfcheckpoint import TABLE_MAGIC, crc32c, mask_crc32c
 
 # numpy dtype -> TensorFlow DataType enum
 DTYPE_CODES = {

@@ -18,7 +18,8 @@ Two sources:
   skip connections), which the ``options`` argument can override.
 
 Names are recognised in any of the spellings (training graph, inference/hub graph,
-dump), under any scope, so both converters accept either kind of checkpoint. One-layer
+dump), under any scope (:func:`elmo.names.dump_name`), so both converters accept either
+kind of checkpoint. One-layer
 LSTMs are written with the ``MultiRNNCell/Cell0`` names, which every loader reads
 (``dump_weights`` writes ``RNN_0/RNN/LSTMCell/W_0``, which bilm-tf's own inference code
 cannot load).
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +45,16 @@ from elmo.atomic import atomic_dir
 from elmo.config import ElmoConfig
 from elmo.errors import ConvertError
 from elmo.model import ElmoBiLM
-from elmo.train.tfcheckpoint import CheckpointReader, latest_checkpoint
+from elmo.names import (
+    CHAR_EMBED,
+    CHAR_PROJ_B,
+    CHAR_PROJ_W,
+    conv_dataset,
+    dump_name,
+    highway_dataset,
+    lstm_dataset,
+)
+from elmo.tfcheckpoint import CheckpointReader, latest_checkpoint
 from elmo.weights import dataset_layout
 
 __all__ = [
@@ -56,7 +65,6 @@ __all__ = [
     "convert_bilm_tf_checkpoint",
     "convert_hub_module",
     "detect_format",
-    "dump_name",
     "infer_options",
 ]
 
@@ -86,49 +94,6 @@ class ConversionResult:
 
 
 # --------------------------------------------------------------------------- names
-
-_ROOT = re.compile(
-    r"(?:^|/)(char_embed|CNN/[Wb]_cnn_\d+|CNN_high_\d+/[Wb]_(?:carry|transform)|CNN_proj/[Wb]_proj|RNN_\d+/.+)$"
-)
-# The LSTM spellings: inference/hub graph, training graph (one layer: no multi_rnn_cell),
-# dump_weights (one layer: no MultiRNNCell). Groups: direction, layer (empty: 0), leaf.
-_LSTM_FORMS = (
-    re.compile(r"RNN_(\d+)/RNN/MultiRNNCell/Cell(\d+)/rnn/lstm_cell/(kernel|bias|projection/kernel)"),
-    re.compile(r"RNN_(\d+)/rnn/multi_rnn_cell/cell_(\d+)/lstm_cell/(kernel|bias|projection/kernel)"),
-    re.compile(r"RNN_(\d+)/rnn/()lstm_cell/(kernel|bias|projection/kernel)"),
-    re.compile(r"RNN_(\d+)/RNN/MultiRNNCell/Cell(\d+)/LSTMCell/(W_0|B|W_P_0)"),
-    re.compile(r"RNN_(\d+)/RNN/()LSTMCell/(W_0|B|W_P_0)"),
-)
-_LEAVES = {"kernel": "W_0", "bias": "B", "projection/kernel": "W_P_0"}
-
-
-def _lstm_name(direction: int, layer: int, leaf: str) -> str:
-    return f"RNN_{direction}/RNN/MultiRNNCell/Cell{layer}/LSTMCell/{leaf}"
-
-
-def dump_name(tf_name: str) -> tuple[str, str] | None:
-    """``(scope, weights.hdf5 name)`` of a biLM weight variable, or None for anything else.
-
-    >>> dump_name("lm/RNN_1/rnn/multi_rnn_cell/cell_0/lstm_cell/projection/kernel")
-    ('lm', 'RNN_1/RNN/MultiRNNCell/Cell0/LSTMCell/W_P_0')
-    >>> dump_name("bilm/RNN_0/RNN/MultiRNNCell/Cell1/rnn/lstm_cell/bias")
-    ('bilm', 'RNN_0/RNN/MultiRNNCell/Cell1/LSTMCell/B')
-    >>> dump_name("lm/CNN/W_cnn_0/Adagrad") is None
-    True
-    """
-    name = tf_name.removesuffix(":0")
-    match = _ROOT.search(name)
-    if not match:
-        return None
-    scope, rest = name[: match.start(1)].rstrip("/"), match.group(1)
-    if not rest.startswith("RNN_"):
-        return scope, rest
-    for form in _LSTM_FORMS:
-        m = form.fullmatch(rest)
-        if m:
-            direction, layer, leaf = m.groups()
-            return scope, _lstm_name(int(direction), int(layer or 0), _LEAVES.get(leaf, leaf))
-    return None
 
 
 @dataclass
@@ -224,12 +189,12 @@ def infer_options(
 
 
 def _infer(shapes: Mapping[str, tuple[int, ...]], where: Any, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    rows, dim = _shape(shapes, where, "char_embed", 2)
+    rows, dim = _shape(shapes, where, CHAR_EMBED, 2)
     if rows not in (261, 262):
-        raise ConvertError(f"{where('char_embed')}expected 261 or 262 rows, found shape {(rows, dim)}")
+        raise ConvertError(f"{where(CHAR_EMBED)}expected 261 or 262 rows, found shape {(rows, dim)}")
     filters: list[list[int]] = []
-    while f"CNN/W_cnn_{len(filters)}" in shapes:
-        name = f"CNN/W_cnn_{len(filters)}"
+    while conv_dataset(len(filters)) in shapes:
+        name = conv_dataset(len(filters))
         one, width, emb, num = _shape(shapes, where, name, 4)
         if one != 1 or emb != dim:
             raise ConvertError(
@@ -237,19 +202,19 @@ def _infer(shapes: Mapping[str, tuple[int, ...]], where: Any, overrides: Mapping
             )
         filters.append([width, num])
     if not filters:
-        raise ConvertError(f"{where('')}cannot infer the options: no variable for 'CNN/W_cnn_0'")
+        raise ConvertError(f"{where('')}cannot infer the options: no variable for '{conv_dataset(0)}'")
     n_highway = 0
-    while f"CNN_high_{n_highway}/W_carry" in shapes:
+    while highway_dataset(n_highway) in shapes:
         n_highway += 1
     n_layers = 0
-    while _lstm_name(0, n_layers, "W_0") in shapes:
+    while lstm_dataset(0, n_layers, "W_0") in shapes:
         n_layers += 1
-    kernel = _lstm_name(0, 0, "W_0")
+    kernel = lstm_dataset(0, 0, "W_0")
     _, gates = _shape(shapes, where, kernel, 2)
     if gates % 4:
         raise ConvertError(f"{where(kernel)}{gates} columns is not 4 gates of equal size")
     cells = gates // 4
-    proj = _lstm_name(0, 0, "W_P_0")
+    proj = lstm_dataset(0, 0, "W_P_0")
     projection = _shape(shapes, where, proj, 2)[1] if proj in shapes else cells
     base = {
         "lstm": {"dim": cells, "projection_dim": projection, "n_layers": n_layers},
@@ -285,9 +250,9 @@ def _identity_fill(name: str, shape: tuple[int, ...], config: ElmoConfig) -> np.
     computes the same thing. For the LSTM this holds while |h| <= 1 is never clipped.
     """
     square = len(shape) == 2 and shape[0] == shape[1]
-    if name == "CNN_proj/W_proj" and square:
+    if name == CHAR_PROJ_W and square:
         return np.eye(shape[0], dtype=np.float32)
-    if name == "CNN_proj/b_proj":
+    if name == CHAR_PROJ_B:
         return np.zeros(shape, np.float32)
     clip = config.lstm.proj_clip
     if name.endswith("/W_P_0") and square and (clip is None or clip >= 1):
@@ -318,7 +283,7 @@ def _plan(v: _Variables, config: ElmoConfig) -> tuple[list[tuple[str, tuple[int,
             filled.append(name)
         else:
             found = v.shapes[name]
-            ok = found == shape or (name == "char_embed" and found == (shape[0] + 1, *shape[1:]))
+            ok = found == shape or (name == CHAR_EMBED and found == (shape[0] + 1, *shape[1:]))
             if not ok:
                 raise ConvertError(
                     f"{v.where(name)}: expected shape {shape} for '{name}' (from the options: {why}), "
@@ -334,7 +299,7 @@ def _write_weights(path: Path, v: _Variables, plan: list, config: ElmoConfig) ->
         for name, shape in plan:
             if name in v.source:
                 value = values.pop(v.source[name])
-                if name == "char_embed" and value.shape[0] == shape[0] + 1:
+                if name == CHAR_EMBED and value.shape[0] == shape[0] + 1:
                     value = value[1:]  # the graph's padding row 0; the file starts at id 1
             else:
                 value = _identity_fill(name, shape, config)

@@ -11,6 +11,7 @@ width), H LSTM cells.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,10 +21,21 @@ from torch import Tensor, nn
 from elmo.chars import BOS_TOKEN, EOS_TOKEN, token_to_char_ids
 from elmo.config import CharCNNConfig, ElmoConfig, LSTMConfig
 
-__all__ = ["BiLMOutput", "ElmoBiLM", "LSTMLayer", "LayerState", "TokenEncoder", "linear", "widen_token_layer"]
-
-# TensorFlow's LSTMCell adds this to the forget gate at run time; the files omit it.
-FORGET_BIAS = 1.0
+__all__ = [
+    "FORGET_BIAS",
+    "GATE_ORDER",
+    "BiLMOutput",
+    "ElmoBiLM",
+    "LSTMLayer",
+    "LayerState",
+    "TokenEncoder",
+    "clip",
+    "gate_columns",
+    "has_skip_connection",
+    "linear",
+    "lstm_cell",
+    "widen_token_layer",
+]
 
 # BLAS libraries switch to other kernels (with another summation order) for matrices of
 # very few rows, so a sentence's result would depend on how many others share its batch.
@@ -39,6 +51,62 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         x = torch.cat([x, x.new_zeros(MIN_ROWS - rows, x.shape[1])])
     out = x @ weight if bias is None else torch.addmm(bias, x, weight)
     return out[:rows]
+
+
+# ----------------------------------------------------------------------- the LSTM cell's rules
+# TensorFlow's LSTMCell with a projection, as bilm-tf runs it. These are the only statement
+# of the cell: LSTMLayer and the trainer (elmo.train.lm.run_lstm) call lstm_cell; the fast
+# engine (elmo.engine.recurrent) keeps a deliberate fast copy that takes GATE_ORDER and
+# FORGET_BIAS from here and is pinned to LSTMLayer by tests/test_fast.py.
+
+# The four gate blocks of the stored kernel's and bias's columns, in this order: input,
+# candidate ("j"), forget, output.
+GATE_ORDER = ("i", "j", "f", "o")
+
+# TensorFlow's LSTMCell adds this to the forget gate at run time; the files omit it.
+FORGET_BIAS = 1.0
+
+
+def gate_columns(gate: str, cells: int) -> slice:
+    """The columns of ``gate`` (one of :data:`GATE_ORDER`) in a stored kernel or bias of ``cells`` cells."""
+    k = GATE_ORDER.index(gate)
+    return slice(k * cells, (k + 1) * cells)
+
+
+def clip(x: Tensor, limit: float | None) -> Tensor:
+    """``x`` clamped to ``[-limit, limit]``; ``x`` itself when ``limit`` is None (no clipping)."""
+    return x if limit is None else x.clamp(-limit, limit)
+
+
+def lstm_cell(
+    gates: Tensor,
+    c: Tensor,
+    projection: Tensor,
+    cell_clip: float | None,
+    proj_clip: float | None,
+    product: Callable[[Tensor, Tensor], Tensor] = linear,
+) -> tuple[Tensor, Tensor]:
+    """One step of the cell: the new ``(h, c)`` from the gate pre-activations.
+
+    ``gates`` [B, 4H] is ``[x, h_prev] @ kernel + bias`` (blocks in :data:`GATE_ORDER`),
+    ``c`` [B, H] the previous memory cell, ``projection`` [H, P]. The memory cell is
+    clipped to ``cell_clip`` before the projection, the output ``h`` [B, P] to
+    ``proj_clip`` after it. ``product`` computes ``m @ projection``: :func:`linear` (the
+    same rounding for any number of rows) by default; training passes a plain matmul.
+    """
+    i, j, f, o = gates.chunk(4, dim=1)
+    c = clip(torch.sigmoid(i) * torch.tanh(j) + torch.sigmoid(f + FORGET_BIAS) * c, cell_clip)
+    h = clip(product(torch.sigmoid(o) * torch.tanh(c), projection), proj_clip)
+    return h, c
+
+
+def has_skip_connection(lstm: LSTMConfig, layer: int) -> bool:
+    """Whether LSTM layer ``layer`` (0-based) adds its input to its output.
+
+    bilm-tf's skip connections start at the second layer: the first layer's input is the
+    token representation, which is not added.
+    """
+    return lstm.use_skip_connections and layer > 0
 
 
 class TokenEncoder(nn.Module):
@@ -123,8 +191,8 @@ class LayerState:
 class LSTMLayer(nn.Module):
     """One direction of one layer: an LSTM with cell clipping and a clipped projection.
 
-    ``kernel`` is ``[input + P, 4H]`` over ``concat([x, h_prev])``; gate blocks are
-    i (input), j (candidate), f (forget), o (output).
+    ``kernel`` is ``[input + P, 4H]`` over ``concat([x, h_prev])``, gate blocks in
+    :data:`GATE_ORDER`; each step is :func:`lstm_cell`.
     """
 
     def __init__(self, input_dim: int, cfg: LSTMConfig, rows_per_block: int = 1024) -> None:
@@ -155,13 +223,8 @@ class LSTMLayer(nn.Module):
             x_proj = x_proj.view(batch, stop - start, x_proj.shape[1])
             for t in range(start, stop):
                 gates = x_proj[:, t - start] + linear(h, w_hidden)
-                i, j, f, o = gates.chunk(4, dim=1)
-                c_new = torch.sigmoid(i) * torch.tanh(j) + torch.sigmoid(f + FORGET_BIAS) * c
-                if self.cell_clip is not None:
-                    c_new = c_new.clamp(-self.cell_clip, self.cell_clip)
-                h_new = linear(torch.sigmoid(o) * torch.tanh(c_new), self.projection)
-                if self.proj_clip is not None:
-                    h_new = h_new.clamp(-self.proj_clip, self.proj_clip)
+                h_new, c_new = lstm_cell(gates, c, self.projection, self.cell_clip, self.proj_clip)
+                # Rows past their end keep their state (the carried state is each row's own).
                 valid = mask[:, t, None]
                 c = torch.where(valid, c_new, c)
                 h = torch.where(valid, h_new, h)
@@ -282,12 +345,11 @@ class ElmoBiLM(nn.Module):
         layers = [x.masked_fill(~mask2.unsqueeze(2), 0.0) if keep_boundaries else word_emb]
         final: list[LayerState] = []
         fwd_in, bwd_in = x, _reverse_rows(x, lengths2)
-        skip = self.config.lstm.use_skip_connections
         for k, (fwd_layer, bwd_layer) in enumerate(zip(self.forward_layers, self.backward_layers)):
             s = state[k]
             fwd_out, fh, fc = fwd_layer(fwd_in, mask2, s.forward_h, s.forward_c)
             bwd_out, bh, bc = bwd_layer(bwd_in, mask2, s.backward_h, s.backward_c)
-            if skip and k > 0:
+            if has_skip_connection(self.config.lstm, k):
                 fwd_out = fwd_out + fwd_in
                 bwd_out = bwd_out + bwd_in
             final.append(LayerState(fh, fc, bh, bc))

@@ -30,47 +30,44 @@ from elmo.atomic import atomic_path
 from elmo.config import ElmoConfig
 from elmo.errors import WeightsError
 from elmo.model import ElmoBiLM
+from elmo.names import CHAR_EMBED, LM_HEAD_SCOPE, one_layer_dataset, weight_names
 
 __all__ = ["check_weights", "dataset_layout", "load_weights", "save_weights"]
 
-# Datasets with these prefixes belong to the LM head (softmax), not to the embedder.
-_IGNORED_PREFIXES = ("softmax",)
 
-
-def _lstm_prefix(direction: int, layer: int) -> str:
-    return f"RNN_{direction}/RNN/MultiRNNCell/Cell{layer}/LSTMCell"
+def _shape_options(config: ElmoConfig, parameter: str) -> str:
+    """The options that fix the shape of an :class:`ElmoBiLM` parameter, for error messages."""
+    cnn, lstm = config.char_cnn, config.lstm
+    width = f"sum of char_cnn.filters widths={cnn.n_filters}"
+    proj = f"lstm.projection_dim={lstm.projection_dim}"
+    owner, _, rest = parameter.partition(".")
+    if owner != "token_encoder":  # forward_layers.{l}.kernel|bias|projection
+        return f"lstm.dim={lstm.dim}" if rest.endswith(".bias") else f"lstm.dim={lstm.dim}, {proj}"
+    attribute, _, index = rest.partition(".")
+    if attribute == "char_embed":
+        return f"char_cnn.embedding.dim={cnn.embedding_dim}"
+    if attribute in ("conv_weights", "conv_biases"):
+        i = int(index)
+        return f"char_cnn.filters[{i}]={list(cnn.filters[i])}, char_cnn.embedding.dim={cnn.embedding_dim}"
+    if attribute == "proj_w":
+        return f"{width}, {proj}"
+    if attribute == "proj_b":
+        return proj
+    return width  # the highway layers
 
 
 def dataset_layout(bilm: ElmoBiLM) -> Iterator[tuple[str, torch.Tensor, str]]:
     """Each dataset name with the tensor it fills and the options that fix its shape.
 
-    The tensor is a view of the model's parameter (``char_embed`` skips the zero row 0),
-    so reading into it loads the model in place.
+    The names come from :func:`elmo.names.weight_names`. The tensor is a view of the
+    model's parameter (``char_embed`` skips the zero row 0), so reading into it loads the
+    model in place.
     """
-    cfg: ElmoConfig = bilm.config
-    cnn, lstm = cfg.char_cnn, cfg.lstm
-    enc = bilm.token_encoder
-    yield "char_embed", enc.char_embed.data[1:], f"char_cnn.embedding.dim={cnn.embedding_dim}"
-    for i, (w, b) in enumerate(zip(enc.conv_weights, enc.conv_biases)):
-        why = f"char_cnn.filters[{i}]={list(cnn.filters[i])}, char_cnn.embedding.dim={cnn.embedding_dim}"
-        yield f"CNN/W_cnn_{i}", w.data, why
-        yield f"CNN/b_cnn_{i}", b.data, why
-    width = f"sum of char_cnn.filters widths={cnn.n_filters}"
-    for k in range(cnn.n_highway):
-        yield f"CNN_high_{k}/W_carry", enc.highway_carry_w[k].data, width
-        yield f"CNN_high_{k}/b_carry", enc.highway_carry_b[k].data, width
-        yield f"CNN_high_{k}/W_transform", enc.highway_transform_w[k].data, width
-        yield f"CNN_high_{k}/b_transform", enc.highway_transform_b[k].data, width
-    proj = f"lstm.projection_dim={lstm.projection_dim}"
-    yield "CNN_proj/W_proj", enc.proj_w.data, f"{width}, {proj}"
-    yield "CNN_proj/b_proj", enc.proj_b.data, proj
-    cells = f"lstm.dim={lstm.dim}, {proj}"
-    for d, stack in enumerate((bilm.forward_layers, bilm.backward_layers)):
-        for layer_index, layer in enumerate(stack):
-            pre = _lstm_prefix(d, layer_index)
-            yield f"{pre}/W_0", layer.kernel.data, cells
-            yield f"{pre}/B", layer.bias.data, f"lstm.dim={lstm.dim}"
-            yield f"{pre}/W_P_0", layer.projection.data, cells
+    for weight in weight_names(bilm.config):
+        tensor = bilm.get_parameter(weight.parameter).data
+        if weight.dataset == CHAR_EMBED:
+            tensor = tensor[1:]
+        yield weight.dataset, tensor, _shape_options(bilm.config, weight.parameter)
 
 
 def _list_datasets(h5: h5py.File) -> dict[str, h5py.Dataset]:
@@ -86,9 +83,9 @@ def _list_datasets(h5: h5py.File) -> dict[str, h5py.Dataset]:
 
 def _alias(name: str, datasets: dict[str, h5py.Dataset], n_layers: int) -> str:
     # bilm-tf dumps a one-layer LSTM without the MultiRNNCell scope.
-    if n_layers == 1 and name not in datasets and "/MultiRNNCell/Cell0/" in name:
-        short = name.replace("/MultiRNNCell/Cell0/", "/")
-        if short in datasets:
+    if n_layers == 1 and name not in datasets:
+        short = one_layer_dataset(name)
+        if short is not None and short in datasets:
             return short
     return name
 
@@ -131,7 +128,8 @@ def _read_plan(h5: h5py.File, bilm: ElmoBiLM, path: Path) -> list[tuple[str, h5p
         if ds.dtype.kind != "f":
             raise WeightsError(f"{path}: dataset '{stored}': expected float32 values, found dtype {ds.dtype}")
         plan.append((stored, ds, target))
-    extra = sorted(n for n in datasets if n not in used and not n.startswith(_IGNORED_PREFIXES))
+    # The LM head's datasets may share the file; they are not the embedder's.
+    extra = sorted(n for n in datasets if n not in used and not n.startswith(LM_HEAD_SCOPE))
     if extra:
         listed = ", ".join(f"'{n}' {datasets[n].shape}" for n in extra[:5])
         more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""

@@ -36,9 +36,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Score the text files; the result as one JSON line on standard output."""
     from elmo.errors import DataError, ModelError
-    from elmo.train.data import find_shards, read_sentences
     from elmo.train.evaluate import perplexity
     from elmo.train.models import load_language_model
+    from elmo.train.text import find_shards, read_sentences
     from elmo.train.vocab import Vocabulary
 
     if args.batch_size < 1:

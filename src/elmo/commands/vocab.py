@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from elmo.errors import DataError
-from elmo.train.data import find_shards
+from elmo.train.text import find_shards
 from elmo.train.vocab import SPECIAL_TOKENS, token_counts, vocab_from_counts, write_vocab
 
 __all__ = ["HELP", "configure", "run"]

@@ -31,7 +31,7 @@ from elmo.engine.cache import TokenCache
 from elmo.engine.encoder import FastTokenEncoder
 from elmo.engine.precision import PRECISIONS, activation_dtype, native_bfloat16
 from elmo.engine.recurrent import LayerWeights, PackedBatch, run_layer
-from elmo.model import BiLMOutput, ElmoBiLM, LayerState
+from elmo.model import BiLMOutput, ElmoBiLM, LayerState, has_skip_connection
 
 __all__ = ["DEFAULT_CACHE_SIZE", "FastBiLM"]
 
@@ -228,7 +228,7 @@ class FastBiLM:
                 h0 = torch.stack([s.forward_h, s.backward_h]).to(device).index_select(1, order)
                 c0 = torch.stack([s.forward_c, s.backward_c]).to(device).index_select(1, order)
             out, h_last, c_last = run_layer(layer, packed, layer_input, h0, c0, self.dtype)
-            if lstm.use_skip_connections and k > 0:
+            if has_skip_connection(lstm, k):
                 out[:, : packed.total] += layer_input
             h_last, c_last = h_last.index_select(1, rank), c_last.index_select(1, rank)
             final.append(LayerState(h_last[0], c_last[0], h_last[1], c_last[1]))

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from elmo.engine.precision import Linear, PairLinear, backend_for
-from elmo.model import FORGET_BIAS, MIN_ROWS, LSTMLayer
+from elmo.model import FORGET_BIAS, MIN_ROWS, LSTMLayer, gate_columns
 
 __all__ = ["LayerWeights", "PackedBatch", "run_layer"]
 
@@ -114,6 +114,12 @@ class PackedBatch:
 TANH_BY_SIGMOID = frozenset({"cpu"})
 
 
+# The step below (LayerWeights and run_layer) is a deliberate fast copy of the cell of
+# model.LSTMLayer (model.lstm_cell): row-major packed layout, gate columns reordered to
+# i, f, o, j, forget bias folded into the bias, tanh through the sigmoid on CPUs. It takes
+# the gate order and the forget bias from elmo.model; tests/test_fast.py pins it to the
+# plain model (every backend and precision, both tanh ways, carried state; gain-2 weights
+# in the slow original-size test).
 class LayerWeights:
     """One biLSTM layer's weights for the engine, in one precision.
 
@@ -132,7 +138,8 @@ class LayerWeights:
         self.cells = cells
         self.width = forward.projection.shape[1]
         self.input_dim = forward.input_dim
-        blocks = [slice(k * cells, (k + 1) * cells) for k in (0, 2, 3, 1)]  # i, f, o, j
+        # The three sigmoid gates side by side, then the candidate.
+        blocks = [gate_columns(g, cells) for g in ("i", "f", "o", "j")]
         self.tanh_by_sigmoid = forward.kernel.device.type in TANH_BY_SIGMOID
         # With tanh through the sigmoid j's columns are doubled (exact: a power of two);
         # the step then takes tanh(z) as 2 sigmoid(2 z) - 1, see run_layer.
@@ -141,7 +148,7 @@ class LayerWeights:
         for layer in (forward, backward):
             kernel = layer.kernel.detach()
             bias = layer.bias.detach().clone()
-            bias[2 * cells : 3 * cells] += FORGET_BIAS  # gates i, j, f, o: f is the third block
+            bias[gate_columns("f", cells)] += FORGET_BIAS
             kernels.append(torch.cat([kernel[:, b] for b in blocks[:3]] + [scale * kernel[:, blocks[3]]], 1))
             biases.append(torch.cat([bias[b] for b in blocks[:3]] + [scale * bias[blocks[3]]]))
             projections.append(layer.projection.detach())

@@ -1,11 +1,8 @@
 """Training data as bilm-tf feeds it: text shards, sentence streams and batches.
 
-The text is one or more files ("shards"), one tokenized sentence a line, tokens split on
-any whitespace (``str.split``), read as UTF-8 with universal newlines as bilm-tf's
-``open(...).readlines()`` reads them. An empty line is a sentence of no words
-(``<S> </S>``). The text must not hold ``<S>`` or ``</S>`` as tokens: bilm-tf adds them
-itself, and a file holding one is an error naming the file and line. An empty file is
-skipped; a corpus of empty files is an error.
+The text is one or more files ("shards"), one tokenized sentence a line, read as
+:mod:`elmo.train.text` describes; an empty line is a sentence of no words (``<S> </S>``).
+An empty file is skipped; a corpus of empty files is an error.
 
 :class:`SentenceStream` is one direction of bilm-tf's ``LMDataset``: in training mode an
 endless stream that loads one shard at a time (so memory holds one shard, never the
@@ -46,7 +43,6 @@ together produce exactly the batches of one process reading all P partitions, wh
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import logging
 import os
@@ -59,121 +55,15 @@ import numpy as np
 
 from elmo.chars import BOS_TOKEN, EOS_TOKEN
 from elmo.errors import DataError
+from elmo.train.text import find_shards, read_lines, split_line
 from elmo.train.vocab import Vocabulary, word_to_char_ids
 
-__all__ = [
-    "LMBatches",
-    "SentenceStream",
-    "count_tokens",
-    "find_shards",
-    "iter_lines",
-    "read_sentences",
-]
+__all__ = ["LMBatches", "SentenceStream"]
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "elmo-lm-batches"
 STATE_VERSION = 1
-
-
-# --------------------------------------------------------------------------- files
-def find_shards(patterns: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """The files matched by one or more glob patterns, without repeats, sorted by path.
-
-    An existing file is taken as it is, even if its name holds glob characters.
-    ``**`` matches directories recursively and ``~`` is expanded. Raises
-    :class:`DataError` naming a pattern that matches no file.
-    """
-    if isinstance(patterns, (str, os.PathLike)):
-        patterns = [patterns]
-    patterns = list(patterns)
-    if not patterns:
-        raise DataError("no data files given")
-    found: set[Path] = set()
-    for pattern in patterns:
-        text = os.path.expanduser(os.fspath(pattern))
-        if os.path.isfile(text):
-            matches = [text]
-        else:
-            hits = glob.glob(text, recursive=True)
-            matches = [m for m in hits if os.path.isfile(m)]
-            if not matches:
-                why = (
-                    "matches only directories (give a pattern such as DIR/*.txt)"
-                    if hits
-                    else "matches no file"
-                )
-                raise DataError(f"{pattern}: {why}")
-        found.update(Path(m) for m in matches)
-    return sorted(found, key=str)
-
-
-def _decode_error(path: Path, error: UnicodeDecodeError) -> DataError:
-    # Text-mode reading decodes in chunks, so the failing line is found again byte-wise.
-    number = 0
-    try:
-        with path.open("rb") as f:
-            for number, raw in enumerate(f, start=1):  # noqa: B007 - the number is the result
-                try:
-                    raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    break
-    except OSError:
-        pass
-    return DataError(f"{path}, line {number}: not UTF-8 text ({error.reason})")
-
-
-def _split(line: str, path: Path, number: int) -> list[str]:
-    tokens = line.split()
-    # The substring test is cheap and almost always false; only then look at the tokens.
-    if "S>" in line and (BOS_TOKEN in tokens or EOS_TOKEN in tokens):
-        marker = BOS_TOKEN if BOS_TOKEN in tokens else EOS_TOKEN
-        raise DataError(
-            f"{path}, line {number}: holds the token {marker}; the sentence markers <S> and </S> are added "
-            "to every line, so the text must not contain them"
-        )
-    return tokens
-
-
-def _read_lines(path: Path) -> list[str]:
-    try:
-        with path.open(encoding="utf-8-sig") as f:
-            return f.readlines()
-    except UnicodeDecodeError as e:
-        raise _decode_error(path, e) from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-
-
-def iter_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, list[str]]]:
-    """``(line number, tokens)`` of every line of a text file, streamed.
-
-    Raises :class:`DataError` for a line that is not UTF-8 or holds ``<S>``/``</S>``.
-    """
-    path = Path(path)
-    try:
-        with path.open(encoding="utf-8-sig") as f:
-            for number, line in enumerate(f, start=1):
-                yield number, _split(line, path, number)
-    except UnicodeDecodeError as e:
-        raise _decode_error(path, e) from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-
-
-def read_sentences(files: Iterable[str | os.PathLike[str]]) -> Iterator[list[str]]:
-    """The token list of every line of ``files``, in order (an empty line gives ``[]``)."""
-    for path in files:
-        for _, tokens in iter_lines(path):
-            yield tokens
-
-
-def count_tokens(files: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> int:
-    """Number of tokens (words, without sentence markers) in the files or glob patterns.
-
-    This is what bilm-tf's ``n_train_tokens`` option means.
-    """
-    return sum(len(tokens) for path in find_shards(files) for _, tokens in iter_lines(path))
 
 
 def _derived_seed(*parts: int | str) -> int:
@@ -236,7 +126,7 @@ class SentenceStream:
 
     def _load(self) -> None:
         path = self.shards[self._order[self._shard_pos]]
-        self._lines = _read_lines(path)
+        self._lines = read_lines(path)
         self._perm = None
         if self.shuffle_lines:
             self._perm = list(range(len(self._lines)))
@@ -273,7 +163,7 @@ class SentenceStream:
         self._line_pos += 1
         self._epoch_sentences += 1
         path = self.shards[self._order[self._shard_pos]]
-        tokens = _split(self._lines[index], path, index + 1)
+        tokens = split_line(self._lines[index], path, index + 1)
         if self.reverse:
             tokens.reverse()
             return [EOS_TOKEN, *tokens, BOS_TOKEN]

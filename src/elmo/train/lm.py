@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from elmo.config import ElmoConfig
-from elmo.model import FORGET_BIAS, ElmoBiLM, LayerState, LSTMLayer
+from elmo.model import ElmoBiLM, LayerState, LSTMLayer, has_skip_connection, lstm_cell
 from elmo.train.softmax import LogUniformSampler, SoftmaxHead
 
 __all__ = ["DirectionLoss", "LMLosses", "TrainingBiLM", "init_like_bilm_tf", "run_lstm"]
@@ -31,9 +31,9 @@ __all__ = ["DirectionLoss", "LMLosses", "TrainingBiLM", "init_like_bilm_tf", "ru
 def run_lstm(layer: LSTMLayer, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer over every step of ``x`` [B, T, in] with autograd; no masking.
 
-    The same cell as :class:`LSTMLayer` (TensorFlow's ``LSTMCell`` with projection), but
-    built for training: plain products (no row padding) and outputs stacked, not written
-    into a buffer.
+    The cell of :class:`LSTMLayer` (:func:`elmo.model.lstm_cell`), run for training:
+    plain products (no row padding) and outputs stacked, not written into a buffer. As in
+    bilm-tf every step updates the state: training streams have no padding.
     """
     batch, steps, width = x.shape
     w_input, w_hidden = layer.kernel[:width], layer.kernel[width:]
@@ -43,13 +43,7 @@ def run_lstm(layer: LSTMLayer, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor,
     # zero a gradient of the whole [B, T, 4H] tensor at every step.
     for x_t in x_proj.unbind(1):
         gates = x_t + h @ w_hidden
-        i, j, f, o = gates.chunk(4, dim=1)
-        c = torch.sigmoid(f + FORGET_BIAS) * c + torch.sigmoid(i) * torch.tanh(j)
-        if layer.cell_clip is not None:
-            c = c.clamp(-layer.cell_clip, layer.cell_clip)
-        h = (torch.sigmoid(o) * torch.tanh(c)) @ layer.projection
-        if layer.proj_clip is not None:
-            h = h.clamp(-layer.proj_clip, layer.proj_clip)
+        h, c = lstm_cell(gates, c, layer.projection, layer.cell_clip, layer.proj_clip, torch.matmul)
         outputs.append(h)
     return torch.stack(outputs, dim=1), h, c
 
@@ -113,14 +107,13 @@ class TrainingBiLM(nn.Module):
         """Top LSTM output ``[B, T, P]`` of one direction, and each layer's final (h, c)."""
         x = self.token_embeddings(char_ids)
         final = []
-        skip = self.config.lstm.use_skip_connections
         for k, layer in enumerate(layers):
             s = state[k]
             h0, c0 = (s.backward_h, s.backward_c) if backward else (s.forward_h, s.forward_c)
             x_in = self._drop(x)
             out, h, c = run_lstm(layer, x_in, h0, c0)
-            if skip and k > 0:
-                out = out + x_in
+            if has_skip_connection(self.config.lstm, k):
+                out = out + x_in  # the dropped input, as bilm-tf adds it
             final.append((h, c))
             x = out
         return self._drop(x), final

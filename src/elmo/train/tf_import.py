@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from elmo.errors import TFImportError
+from elmo.names import LM_HEAD, weight_names
+from elmo.tfcheckpoint import latest_checkpoint, list_variables, read_variables
 from elmo.train.lm import TrainingBiLM
 from elmo.train.optim import Adagrad
-from elmo.train.tfcheckpoint import latest_checkpoint, list_variables, read_variables
 
 __all__ = [
     "assign_tf_variables",
@@ -27,32 +28,12 @@ __all__ = [
 
 
 def tf_variable_names(model: TrainingBiLM) -> dict[str, str]:
-    """Our parameter name → bilm-tf's variable name, for every parameter of ``model``."""
-    names = {
-        "encoder.token_encoder.char_embed": "lm/char_embed",
-        "encoder.token_encoder.proj_w": "lm/CNN_proj/W_proj",
-        "encoder.token_encoder.proj_b": "lm/CNN_proj/b_proj",
-        "softmax.weight": "lm/softmax/W",
-        "softmax.bias": "lm/softmax/b",
-    }
-    cnn = model.config.char_cnn
-    for i in range(len(cnn.filters)):
-        names[f"encoder.token_encoder.conv_weights.{i}"] = f"lm/CNN/W_cnn_{i}"
-        names[f"encoder.token_encoder.conv_biases.{i}"] = f"lm/CNN/b_cnn_{i}"
-    for k in range(cnn.n_highway):
-        for ours, theirs in (
-            ("highway_carry_w", "W_carry"),
-            ("highway_carry_b", "b_carry"),
-            ("highway_transform_w", "W_transform"),
-            ("highway_transform_b", "b_transform"),
-        ):
-            names[f"encoder.token_encoder.{ours}.{k}"] = f"lm/CNN_high_{k}/{theirs}"
-    n_layers = model.config.lstm.n_layers
-    for d, stack in enumerate(("forward_layers", "backward_layers")):
-        for layer in range(n_layers):
-            scope = f"lm/RNN_{d}/rnn/" + (f"multi_rnn_cell/cell_{layer}/" if n_layers > 1 else "")
-            for ours, theirs in (("kernel", "kernel"), ("bias", "bias"), ("projection", "projection/kernel")):
-                names[f"encoder.{stack}.{layer}.{ours}"] = f"{scope}lstm_cell/{theirs}"
+    """Our parameter name → bilm-tf's variable name, for every parameter of ``model``.
+
+    The names come from :mod:`elmo.names`: the biLM's weights in file order, then the softmax.
+    """
+    names = {f"encoder.{w.parameter}": w.tf_name() for w in weight_names(model.config)}
+    names.update({f"softmax.{w.parameter}": w.tf_name() for w in LM_HEAD})
     return names
 
 

@@ -40,11 +40,12 @@ from elmo.config import ElmoConfig
 from elmo.errors import TrainError
 from elmo.model import LayerState
 from elmo.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from elmo.train.data import LMBatches, count_tokens, find_shards
+from elmo.train.data import LMBatches
 from elmo.train.distributed import World
 from elmo.train.lm import TrainingBiLM, init_like_bilm_tf
 from elmo.train.models import load_initial_weights
 from elmo.train.optim import Adagrad, clip_by_global_norm
+from elmo.train.text import count_tokens, find_shards
 from elmo.train.vocab import Vocabulary
 
 __all__ = ["RunSettings", "Trainer", "train", "train_step"]

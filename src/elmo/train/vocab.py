@@ -32,6 +32,7 @@ import numpy as np
 from elmo.atomic import write_text_atomic
 from elmo.chars import BOS_CHAR, BOS_TOKEN, BOW_CHAR, EOS_CHAR, EOS_TOKEN, EOW_CHAR, PAD_CHAR
 from elmo.errors import DataError, VocabularyError
+from elmo.train.text import iter_lines
 
 __all__ = [
     "MAXTERMID",
@@ -224,8 +225,6 @@ def token_counts(paths: Iterable[str | os.PathLike[str]]) -> Counter[str]:
     ``</S>`` as a token (bilm-tf adds those markers itself; the error names the file and
     line) and for text that is not UTF-8.
     """
-    from elmo.train.data import iter_lines
-
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     files = list(paths)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from elmo.errors import TFCheckpointError as CheckpointError
+from elmo.errors import TFCheckpointError
 
 __all__ = [
     "BundleHeader",
@@ -165,7 +165,7 @@ def _varint(buf: bytes, pos: int, what: str) -> tuple[int, int]:
     value = shift = 0
     while True:
         if pos >= len(buf):
-            raise CheckpointError(f"{what}: truncated varint")
+            raise TFCheckpointError(f"{what}: truncated varint")
         b = buf[pos]
         pos += 1
         value |= (b & 0x7F) << shift
@@ -173,7 +173,7 @@ def _varint(buf: bytes, pos: int, what: str) -> tuple[int, int]:
             return value, pos
         shift += 7
         if shift > 63:
-            raise CheckpointError(f"{what}: malformed varint")
+            raise TFCheckpointError(f"{what}: malformed varint")
 
 
 def snappy_decompress(data: bytes) -> bytes:
@@ -194,7 +194,7 @@ def snappy_decompress(data: bytes) -> bytes:
                 pos += extra
             length += 1
             if pos + length > n:
-                raise CheckpointError(f"{what}: literal runs past the end of the data")
+                raise TFCheckpointError(f"{what}: literal runs past the end of the data")
             out += data[pos : pos + length]
             pos += length
             continue
@@ -208,7 +208,7 @@ def snappy_decompress(data: bytes) -> bytes:
             offset = int.from_bytes(data[pos : pos + width], "little")
             pos += width
         if pos > n or offset == 0 or offset > len(out):
-            raise CheckpointError(f"{what}: bad copy (offset {offset}, {len(out)} bytes decoded)")
+            raise TFCheckpointError(f"{what}: bad copy (offset {offset}, {len(out)} bytes decoded)")
         start = len(out) - offset
         if offset >= length:
             out += out[start : start + length]
@@ -216,7 +216,7 @@ def snappy_decompress(data: bytes) -> bytes:
             pattern = bytes(out[start:])
             out += (pattern * (length // offset + 1))[:length]
     if len(out) != expected:
-        raise CheckpointError(f"{what}: decoded {len(out)} bytes, header says {expected}")
+        raise TFCheckpointError(f"{what}: decoded {len(out)} bytes, header says {expected}")
     return bytes(out)
 
 
@@ -239,9 +239,9 @@ def _fields(buf: bytes, what: str) -> Iterator[tuple[int, int, int | bytes]]:
         elif wire == 5:
             value, pos = int.from_bytes(buf[pos : pos + 4], "little"), pos + 4
         else:
-            raise CheckpointError(f"{what}: unsupported protobuf wire type {wire}")
+            raise TFCheckpointError(f"{what}: unsupported protobuf wire type {wire}")
         if pos > len(buf):
-            raise CheckpointError(f"{what}: truncated protobuf field {number}")
+            raise TFCheckpointError(f"{what}: truncated protobuf field {number}")
         yield number, wire, value
 
 
@@ -329,7 +329,7 @@ def _parse_shape(value: bytes, what: str) -> tuple[int, ...]:
             size = next((_signed64(int(s)) for n, _, s in _fields(v, what) if n == 1), 0)
             dims.append(size)
         elif number == 3 and v:
-            raise CheckpointError(f"{what}: shape of unknown rank")
+            raise TFCheckpointError(f"{what}: shape of unknown rank")
     return tuple(dims)
 
 
@@ -367,36 +367,36 @@ def _read_block(table: bytes, offset: int, size: int, what: str) -> bytes:
     """A block's contents after checking its trailer's CRC and undoing its compression."""
     end = offset + size + _BLOCK_TRAILER
     if offset < 0 or end > len(table) - _FOOTER_LEN:
-        raise CheckpointError(
+        raise TFCheckpointError(
             f"{what}: block at {offset} (+{size}) runs past the end of the file (truncated?)"
         )
     raw = table[offset : offset + size]
     kind = table[offset + size]
     stored = int.from_bytes(table[offset + size + 1 : end], "little")
     if mask_crc32c(crc32c(table[offset : offset + size + 1])) != stored:
-        raise CheckpointError(f"{what}: block at {offset}: checksum mismatch (corrupt file)")
+        raise TFCheckpointError(f"{what}: block at {offset}: checksum mismatch (corrupt file)")
     if kind == 0:
         return raw
     if kind == 1:
         return snappy_decompress(raw)
-    raise CheckpointError(f"{what}: block at {offset}: unknown compression type {kind}")
+    raise TFCheckpointError(f"{what}: block at {offset}: unknown compression type {kind}")
 
 
 def _block_entries(block: bytes, what: str) -> Iterator[tuple[bytes, bytes]]:
     """The (key, value) pairs of a table block, undoing the shared-prefix key compression."""
     if len(block) < 4:
-        raise CheckpointError(f"{what}: block too short")
+        raise TFCheckpointError(f"{what}: block too short")
     n_restarts = int.from_bytes(block[-4:], "little")
     limit = len(block) - 4 - 4 * n_restarts
     if limit < 0:
-        raise CheckpointError(f"{what}: block has a bad restart count {n_restarts}")
+        raise TFCheckpointError(f"{what}: block has a bad restart count {n_restarts}")
     pos, key = 0, b""
     while pos < limit:
         shared, pos = _varint(block, pos, what)
         unshared, pos = _varint(block, pos, what)
         value_len, pos = _varint(block, pos, what)
         if shared > len(key) or pos + unshared + value_len > limit:
-            raise CheckpointError(f"{what}: corrupt block entry at {pos}")
+            raise TFCheckpointError(f"{what}: corrupt block entry at {pos}")
         key = key[:shared] + block[pos : pos + unshared]
         pos += unshared
         yield key, block[pos : pos + value_len]
@@ -409,15 +409,15 @@ def read_table(path: PathLike) -> Iterator[tuple[bytes, bytes]]:
     try:
         table = path.read_bytes()
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: checkpoint index file not found") from None
+        raise TFCheckpointError(f"{path}: checkpoint index file not found") from None
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot read checkpoint index: {e.strerror}") from None
+        raise TFCheckpointError(f"{path}: cannot read checkpoint index: {e.strerror}") from None
     what = str(path)
     if len(table) < _FOOTER_LEN:
-        raise CheckpointError(f"{path}: {len(table)} bytes, too short for a checkpoint index (truncated?)")
+        raise TFCheckpointError(f"{path}: {len(table)} bytes, too short for a checkpoint index (truncated?)")
     footer = table[-_FOOTER_LEN:]
     if int.from_bytes(footer[-8:], "little") != TABLE_MAGIC:
-        raise CheckpointError(
+        raise TFCheckpointError(
             f"{path}: not a TensorFlow checkpoint index (bad table magic number; truncated, or "
             "another kind of file?)"
         )
@@ -467,10 +467,10 @@ def _from_state_file(state: Path) -> Path:
     try:
         text = state.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{state}: cannot read checkpoint state file: {e}") from None
+        raise TFCheckpointError(f"{state}: cannot read checkpoint state file: {e}") from None
     match = _STATE_LINE.search(text)
     if not match:
-        raise CheckpointError(f"{state}: no model_checkpoint_path line in the checkpoint state file")
+        raise TFCheckpointError(f"{state}: no model_checkpoint_path line in the checkpoint state file")
     named = Path(_unescape(match.group(1) if match.group(1) is not None else match.group(2)))
     prefix = named if named.is_absolute() else state.parent / named
     if _index_file(prefix).is_file():
@@ -479,7 +479,7 @@ def _from_state_file(state: Path) -> Path:
     moved = state.parent / named.name
     if _index_file(moved).is_file():
         return moved
-    raise CheckpointError(f"{state}: names checkpoint '{named}', but {_index_file(prefix)} does not exist")
+    raise TFCheckpointError(f"{state}: names checkpoint '{named}', but {_index_file(prefix)} does not exist")
 
 
 _FILE_SUFFIX = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
@@ -506,10 +506,10 @@ def latest_checkpoint(path: PathLike) -> Path:
             return found[0].with_suffix("")
         if found:
             names = ", ".join(p.name for p in found[:5])
-            raise CheckpointError(
+            raise TFCheckpointError(
                 f"{path}: several checkpoints ({names}) and no 'checkpoint' state file; pass a prefix"
             )
-        raise CheckpointError(
+        raise TFCheckpointError(
             f"{path}: no TensorFlow checkpoint here (no 'checkpoint' state file, no *.index file, "
             "no variables/variables.index)"
         )
@@ -517,8 +517,8 @@ def latest_checkpoint(path: PathLike) -> Path:
     if _index_file(prefix).is_file():
         return prefix
     if not path.exists() and not prefix.parent.is_dir():
-        raise CheckpointError(f"{path}: no such checkpoint directory or prefix")
-    raise CheckpointError(f"{path}: not a TensorFlow checkpoint: {_index_file(prefix)} does not exist")
+        raise TFCheckpointError(f"{path}: no such checkpoint directory or prefix")
+    raise TFCheckpointError(f"{path}: not a TensorFlow checkpoint: {_index_file(prefix)} does not exist")
 
 
 # --------------------------------------------------------------------------- the reader
@@ -547,9 +547,9 @@ class CheckpointReader:
                 name = key.decode("utf-8", errors="replace")
                 self.entries[name] = _parse_entry(name, value, f"{what}: entry '{name}'")
         if not saw_header:
-            raise CheckpointError(f"{what}: no bundle header (not a tensor bundle index?)")
+            raise TFCheckpointError(f"{what}: no bundle header (not a tensor bundle index?)")
         if self.header.num_shards < 1:
-            raise CheckpointError(f"{what}: header says {self.header.num_shards} shards")
+            raise TFCheckpointError(f"{what}: header says {self.header.num_shards} shards")
 
     def __contains__(self, name: object) -> bool:
         return name in self.entries
@@ -576,7 +576,7 @@ class CheckpointReader:
         except KeyError:
             close = difflib.get_close_matches(name, list(self.entries), n=5, cutoff=0.6)
             hint = f"; close names: {', '.join(close)}" if close else ""
-            raise CheckpointError(
+            raise TFCheckpointError(
                 f"{self.prefix}: no variable '{name}' in the checkpoint ({len(self.entries)} variables){hint}"
             ) from None
 
@@ -600,7 +600,7 @@ class CheckpointReader:
                     for e in sorted(group, key=lambda e: e.offset):
                         values[e.name] = self._read_entry(f, file_size, path, e)
             except FileNotFoundError:
-                raise CheckpointError(
+                raise TFCheckpointError(
                     f"{path}: checkpoint data file not found (needed for '{group[0].name}')"
                 ) from None
         return {e.name: values[e.name] for e in entries}
@@ -608,32 +608,32 @@ class CheckpointReader:
     def _check_readable(self, e: TensorEntry) -> None:
         where = f"{self.prefix}: variable '{e.name}'"
         if e.n_slices:
-            raise CheckpointError(f"{where}: partitioned variable ({e.n_slices} slices) is not supported")
+            raise TFCheckpointError(f"{where}: partitioned variable ({e.n_slices} slices) is not supported")
         if e.dtype_code not in _DTYPES:
             kind = _DTYPE_NAMES.get(e.dtype_code, f"DataType {e.dtype_code}")
-            raise CheckpointError(f"{where}: dtype {kind} is not supported")
+            raise TFCheckpointError(f"{where}: dtype {kind} is not supported")
         if not 0 <= e.shard_id < self.header.num_shards:
-            raise CheckpointError(f"{where}: shard {e.shard_id} of {self.header.num_shards}")
+            raise TFCheckpointError(f"{where}: shard {e.shard_id} of {self.header.num_shards}")
         if any(d < 0 for d in e.shape):
-            raise CheckpointError(f"{where}: shape {e.shape} has unknown dimensions")
+            raise TFCheckpointError(f"{where}: shape {e.shape} has unknown dimensions")
         itemsize = np.dtype(_DTYPES[e.dtype_code]).itemsize
         if int(np.prod(e.shape, dtype=np.int64)) * itemsize != e.size:
-            raise CheckpointError(
+            raise TFCheckpointError(
                 f"{where}: {e.size} bytes stored for shape {e.shape} ({itemsize}-byte items)"
             )
 
     def _read_entry(self, f, file_size: int, path: Path, e: TensorEntry) -> np.ndarray:
         if e.offset < 0 or e.offset + e.size > file_size:
-            raise CheckpointError(
+            raise TFCheckpointError(
                 f"{path}: variable '{e.name}' lies at bytes {e.offset}..{e.offset + e.size} but the file "
                 f"has {file_size} (truncated?)"
             )
         buf = bytearray(e.size)
         f.seek(e.offset)
         if f.readinto(buf) != e.size:
-            raise CheckpointError(f"{path}: short read of variable '{e.name}'")
+            raise TFCheckpointError(f"{path}: short read of variable '{e.name}'")
         if self.verify and e.masked_crc is not None and mask_crc32c(crc32c(buf)) != e.masked_crc:
-            raise CheckpointError(f"{path}: variable '{e.name}': checksum mismatch (corrupt data file)")
+            raise TFCheckpointError(f"{path}: variable '{e.name}': checksum mismatch (corrupt data file)")
         dtype = np.dtype(_DTYPES[e.dtype_code])
         if self.header.big_endian:
             dtype = dtype.newbyteorder(">")
