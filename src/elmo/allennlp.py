@@ -14,18 +14,39 @@ numbers: like AllenNLP, both classes are *stateful* by default (the LSTM state o
 batch row is carried into the next call), which reproduces embeddings made with it.
 Pass ``stateful=False`` (an addition) for batch-independent outputs.
 
+The internals that code written for AllenNLP reaches are here too, with AllenNLP's
+arguments and outputs: ``_ElmoCharacterEncoder``, ``_ElmoBiLm`` (``Elmo._elmo_lstm`` and
+``ElmoEmbedder.elmo_bilm``; its carried state is ``_elmo_lstm``, with
+``reset_states()``), and ``ScalarMix`` (``Elmo.scalar_mix_0``, ...; ``Elmo._scalar_mixes``).
+They compute with this package's model (:class:`elmo.ElmoBiLM`) through its runner
+(:class:`elmo.runner.BiLMRunner`): the fast engine unless gradients must reach the biLM.
+
 Differences, all deliberate:
 
 - Positions outside the returned mask are exactly zero (AllenNLP leaves the layer-norm
-  offset there when ``keep_sentence_boundaries=True`` and ``do_layer_norm=True``).
+  offset there when ``keep_sentence_boundaries=True`` and ``do_layer_norm=True``, and the
+  representation of an all-padding token in ``_ElmoCharacterEncoder``'s output).
 - ``batch_to_ids`` always returns ``[B, T, 50]`` (AllenNLP gives ``[1, 0]`` for ``[[]]``
   and fails on ``[]``) and rejects a sentence given as a string instead of a token list.
 - ``ElmoEmbedder()`` with no files uses the released original model as AllenNLP did,
   downloaded once into this package's cache (see :mod:`elmo.download`); ``embed_file`` embeds
   blank lines as zero-length entries instead of refusing the file, streams its input,
-  writes its output atomically and leaves a file object it is given open.
-- Parameter names differ (``scalar_mix_0.weights`` for ``scalar_mix_0.scalar_parameters.*``
-  and the biLM's own names), so AllenNLP state dicts do not load.
+  writes its output atomically and leaves a file object it is given open. An empty
+  sentence gives ``[3, 0, 2P]`` (AllenNLP 0.9: ``[3, 0, 1024]`` whatever the model).
+- ``vocab_to_cache``: word indices are mapped to the words' character ids and run
+  through the character encoder (the fast engine keeps its own cache of token
+  representations), so results equal character input exactly. ``_word_embedding``,
+  ``_bos_embedding`` and ``_eos_embedding`` hold AllenNLP's values for reading, but are
+  frozen and the outputs do not depend on them (AllenNLP looks words up in them and, with
+  ``requires_grad``, trains them apart from the character encoder).
+- ``_ElmoBiLm._elmo_lstm`` holds no weights: it is the carried state, shown as AllenNLP's
+  ``ElmoLstm`` shows it (``reset_states(mask=None)``, ``stateful``, ``_states`` as
+  ``(h [layers, B, 2P], c [layers, B, 2H])``). The biLM's weights are those of
+  ``_ElmoBiLm.bilm`` and keep this package's names and layout
+  (``_elmo_lstm.bilm.token_encoder.proj_w``, ...), so AllenNLP's biLM parameters do not
+  load into it. The mixes have AllenNLP's names and shapes (``scalar_mix_0.scalar_parameters.0``
+  ``[1]``, ..., ``scalar_mix_0.gamma`` ``[1]``). State dicts of this package's earlier
+  ``Elmo`` (``scalar_mix_0.weights``, ``_elmo_lstm.token_encoder.proj_w``) still load.
 """
 
 from __future__ import annotations
