@@ -335,7 +335,7 @@ def test_gradients_reach_every_bilm_parameter_only_when_asked(tiny_model_files, 
     """As AllenNLP's test: random character ids, the sum of the output, the biLM's gradients."""
     torch.manual_seed(0)
     module = Elmo(*tiny_model_files, 1, requires_grad=requires_grad)
-    ids = torch.randint(1, 262, (3, 4, 50))
+    ids = torch.randint(0, 262, (3, 4, 50))
     module(ids)["elmo_representations"][0].sum().backward()
     grads = [p.grad for name, p in module.named_parameters() if "_elmo_lstm" in name]
     assert len(grads) > 30
