@@ -187,24 +187,26 @@ def _trainable(module: torch.nn.Module) -> set[str]:
 
 def test_only_the_scalar_mixes_are_trainable_by_default(tiny_elmo):
     module = tiny_elmo(num_output_representations=2)
-    assert _trainable(module) == {f"scalar_mix_{k}.{p}" for k in range(2) for p in ("weights", "gamma")}
-    assert module.scalar_mix_0.weights.tolist() == [0.0, 0.0, 0.0]
+    names = ("scalar_parameters.0", "scalar_parameters.1", "scalar_parameters.2", "gamma")
+    assert _trainable(module) == {f"scalar_mix_{k}.{p}" for k in range(2) for p in names}
+    assert [p.item() for p in module.scalar_mix_0.scalar_parameters] == [0.0, 0.0, 0.0]
     assert module.scalar_mix_1.gamma.item() == 1.0
     out = module(batch_to_ids([["the", "cat"], ["a"]]))
     out["elmo_representations"][1].sum().backward()
-    assert module.scalar_mix_1.weights.grad.abs().sum() > 0 and module.scalar_mix_1.gamma.grad != 0
+    grads = torch.cat([p.grad for p in module.scalar_mix_1.scalar_parameters])
+    assert grads.abs().sum() > 0 and module.scalar_mix_1.gamma.grad != 0
     assert all(p.grad is None for p in module.bilm.parameters())
 
 
 def test_fixed_scalar_mix_parameters_are_not_trainable(tiny_elmo):
     module = tiny_elmo(num_output_representations=2, scalar_mix_parameters=MIX)
     assert _trainable(module) == set()
-    assert torch.equal(module.scalar_mix_0.weights, torch.tensor(MIX))
+    assert torch.equal(torch.cat(list(module.scalar_mix_0.scalar_parameters)), torch.tensor(MIX))
 
 
 def test_requires_grad_unfreezes_the_bilm(tiny_elmo):
     module = tiny_elmo(requires_grad=True, scalar_mix_parameters=MIX)
-    bilm_names = {f"_elmo_lstm.{name}" for name, _ in module.bilm.named_parameters()}
+    bilm_names = {f"_elmo_lstm.bilm.{name}" for name, _ in module.bilm.named_parameters()}
     assert _trainable(module) == bilm_names and len(bilm_names) > 30
     module(batch_to_ids([["the", "cat"]]))["elmo_representations"][0].sum().backward()
     assert module.bilm.forward_layers[0].kernel.grad.abs().sum() > 0
@@ -378,11 +380,11 @@ def test_embedder_without_files_uses_the_original_model(tiny_model_files, tmp_pa
     (model_dir / "weights.hdf5").symlink_to(tiny_model_files[1])
     asked = []
 
-    def fake_download(name):
+    def fake_download(name, progress=None):
         asked.append(name)
         return model_dir
 
-    monkeypatch.setattr("elmo.allennlp.download_model", fake_download)
+    monkeypatch.setattr("elmo.resolve.download_model", fake_download)
     embedder = ElmoEmbedder(stateful=False)
     assert asked == ["original"]
     want = ElmoEmbedder(*tiny_model_files, stateful=False).embed_sentence(["a", "b"])
@@ -411,7 +413,7 @@ def test_cuda_device_matches_cpu(tiny_model_files):
     batch = [["the", "cat", "sat"], ["a"]]
     cpu = ElmoEmbedder(*tiny_model_files).embed_batch(batch)
     gpu_embedder = ElmoEmbedder(*tiny_model_files, cuda_device=0)
-    assert gpu_embedder.elmo_bilm.token_encoder.proj_w.is_cuda
+    assert gpu_embedder.elmo_bilm.bilm.token_encoder.proj_w.is_cuda
     gpu = gpu_embedder.embed_batch(batch)
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(cpu, gpu))
     module = Elmo(*tiny_model_files, 1, dropout=0.0).cuda()
@@ -522,7 +524,7 @@ def test_engines_agree_and_fast_runs_without_gradients(tiny_model_files):
         assert (a - b).abs().max() <= 1e-5
     # Gradients reach the mixes through the fast engine's (constant) layers.
     got["elmo_representations"][0].sum().backward()
-    assert fast.scalar_mix_0.weights.grad is not None
+    assert all(p.grad is not None for p in fast.scalar_mix_0.scalar_parameters)
     # Fine-tuning runs the plain model so that gradients reach the biLM.
     tuned = Elmo(*tiny_model_files, 1, dropout=0.0, requires_grad=True, stateful=False)
     seen = tuned._runner.fast.tokens_seen

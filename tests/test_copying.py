@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import elmo
-from elmo.allennlp import Elmo, ElmoEmbedder, batch_to_ids
+from elmo.allennlp import Elmo, ElmoEmbedder, _ElmoBiLm, _ElmoCharacterEncoder, batch_to_ids
 
 SENTENCES = [["The", "cat", "sat", "."], ["Hello", "world"], []]
 ENGINES = [("auto", "float32"), ("plain", "float32"), ("fast", "bfloat16"), ("fast", "int8")]
@@ -57,6 +57,27 @@ def test_allennlp_classes(tiny_model_files, engine, precision):
     for other in _round_trips(embedder):
         got = other.embed_batch(SENTENCES)
         assert all((a == b).all() for a, b in zip(got, wanted))
+
+
+def test_allennlp_internals(tiny_model_files):
+    """A copy of a stateful _ElmoBiLm carries on from the same state, on its own weights."""
+    ids = batch_to_ids(SENTENCES)
+    bilm = _ElmoBiLm(*tiny_model_files, vocab_to_cache=["@@PADDING@@", "The", "cat"])
+    with torch.no_grad():
+        bilm(ids)
+        want = bilm(ids)["activations"]
+        bilm._elmo_lstm.reset_states()
+        bilm(ids)
+        for other in _round_trips(bilm):
+            assert other.bilm is not bilm.bilm and other._runner is not bilm._runner
+            assert other._token_embedder.token_encoder is other.bilm.token_encoder
+            assert other._elmo_lstm._runner is other._runner
+            got = other(ids)["activations"]
+            assert all(torch.equal(a, b) for a, b in zip(got, want))
+        encoder = _ElmoCharacterEncoder(*tiny_model_files)
+        tokens = encoder(ids)["token_embedding"]
+        for other in _round_trips(encoder):
+            assert torch.equal(other(ids)["token_embedding"], tokens)
 
 
 def test_moves_and_reloads_invalidate_the_engine(tiny_model_files):

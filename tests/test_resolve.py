@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import elmo
-from conftest import ALLENNLP, BILMTF
+from conftest import BILMTF, needs_shared, tiny_model
 from elmo.default_model import default_model_dir
 from elmo.resolve import ModelFiles, resolve
 
@@ -25,14 +25,15 @@ def test_default_is_the_bundled_model_with_head_and_vocabulary():
 
 
 def test_a_pair_and_a_directory(tmp_path):
-    pair = resolve(ALLENNLP / "options.json", ALLENNLP / "lm_weights.hdf5")
+    tiny = tiny_model()
+    pair = resolve(tiny / "options.json", tiny / "weights.hdf5")
     assert (pair.options, pair.weights, pair.format) == (
         ALLENNLP / "options.json",
         ALLENNLP / "lm_weights.hdf5",
         "hdf5",
     )
-    shutil.copy(ALLENNLP / "options.json", tmp_path / "options.json")
-    shutil.copy(ALLENNLP / "lm_weights.hdf5", tmp_path / "weights.hdf5")
+    shutil.copy(tiny / "options.json", tmp_path / "options.json")
+    shutil.copy(tiny / "weights.hdf5", tmp_path / "weights.hdf5")
     files = resolve(tmp_path)
     assert (files.options, files.weights, files.lm_head, files.vocab) == (
         tmp_path / "options.json",
@@ -45,14 +46,15 @@ def test_a_pair_and_a_directory(tmp_path):
 
 
 def test_missing_files_are_file_not_found(tmp_path):
+    tiny = tiny_model()
     with pytest.raises(FileNotFoundError, match=r"nowhere\.json: options file not found"):
-        resolve(tmp_path / "nowhere.json", ALLENNLP / "lm_weights.hdf5")
+        resolve(tmp_path / "nowhere.json", tiny / "weights.hdf5")
     with pytest.raises(FileNotFoundError, match=r"nowhere\.hdf5: weight file not found"):
-        resolve(ALLENNLP / "options.json", tmp_path / "nowhere.hdf5")
+        resolve(tiny / "options.json", tmp_path / "nowhere.hdf5")
     with pytest.raises(FileNotFoundError, match="not a model"):
         resolve(tmp_path)
     with pytest.raises(ValueError, match="give both files as URLs, or both as paths"):
-        resolve("http://127.0.0.1:1/options.json", ALLENNLP / "lm_weights.hdf5")
+        resolve("http://127.0.0.1:1/options.json", tiny / "weights.hdf5")
     with pytest.raises(ValueError, match="a URL names one file"):
         resolve("http://127.0.0.1:1/options.json")
     with pytest.raises(TypeError, match="model: expected a name, path or URL, found int"):
@@ -71,6 +73,7 @@ def test_training_run_directory_and_checkpoint(tmp_path):
         assert got == ModelFiles(**{**vars(want), "source": str(source)})
 
 
+@needs_shared(RUN)
 def test_bilm_tf_checkpoint_directory_loads_as_a_model():
     """bilm-tf's checkpoint directory: the same biLM as its dumped weights."""
     folder = RUN / "checkpoint"

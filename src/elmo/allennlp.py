@@ -14,18 +14,39 @@ numbers: like AllenNLP, both classes are *stateful* by default (the LSTM state o
 batch row is carried into the next call), which reproduces embeddings made with it.
 Pass ``stateful=False`` (an addition) for batch-independent outputs.
 
+The internals that code written for AllenNLP reaches are here too, with AllenNLP's
+arguments and outputs: ``_ElmoCharacterEncoder``, ``_ElmoBiLm`` (``Elmo._elmo_lstm`` and
+``ElmoEmbedder.elmo_bilm``; its carried state is ``_elmo_lstm``, with
+``reset_states()``), and ``ScalarMix`` (``Elmo.scalar_mix_0``, ...; ``Elmo._scalar_mixes``).
+They compute with this package's model (:class:`elmo.ElmoBiLM`) through its runner
+(:class:`elmo.runner.BiLMRunner`): the fast engine unless gradients must reach the biLM.
+
 Differences, all deliberate:
 
 - Positions outside the returned mask are exactly zero (AllenNLP leaves the layer-norm
-  offset there when ``keep_sentence_boundaries=True`` and ``do_layer_norm=True``).
+  offset there when ``keep_sentence_boundaries=True`` and ``do_layer_norm=True``, and the
+  representation of an all-padding token in ``_ElmoCharacterEncoder``'s output).
 - ``batch_to_ids`` always returns ``[B, T, 50]`` (AllenNLP gives ``[1, 0]`` for ``[[]]``
   and fails on ``[]``) and rejects a sentence given as a string instead of a token list.
 - ``ElmoEmbedder()`` with no files uses the released original model as AllenNLP did,
   downloaded once into this package's cache (see :mod:`elmo.download`); ``embed_file`` embeds
   blank lines as zero-length entries instead of refusing the file, streams its input,
-  writes its output atomically and leaves a file object it is given open.
-- Parameter names differ (``scalar_mix_0.weights`` for ``scalar_mix_0.scalar_parameters.*``
-  and the biLM's own names), so AllenNLP state dicts do not load.
+  writes its output atomically and leaves a file object it is given open. An empty
+  sentence gives ``[3, 0, 2P]`` (AllenNLP 0.9: ``[3, 0, 1024]`` whatever the model).
+- ``vocab_to_cache``: word indices are mapped to the words' character ids and run
+  through the character encoder (the fast engine keeps its own cache of token
+  representations), so results equal character input exactly. ``_word_embedding``,
+  ``_bos_embedding`` and ``_eos_embedding`` hold AllenNLP's values for reading, but are
+  frozen and the outputs do not depend on them (AllenNLP looks words up in them and, with
+  ``requires_grad``, trains them apart from the character encoder).
+- ``_ElmoBiLm._elmo_lstm`` holds no weights: it is the carried state, shown as AllenNLP's
+  ``ElmoLstm`` shows it (``reset_states(mask=None)``, ``stateful``, ``_states`` as
+  ``(h [layers, B, 2P], c [layers, B, 2H])``). The biLM's weights are those of
+  ``_ElmoBiLm.bilm`` and keep this package's names and layout
+  (``_elmo_lstm.bilm.token_encoder.proj_w``, ...), so AllenNLP's biLM parameters do not
+  load into it. The mixes have AllenNLP's names and shapes (``scalar_mix_0.scalar_parameters.0``
+  ``[1]``, ..., ``scalar_mix_0.gamma`` ``[1]``). State dicts of this package's earlier
+  ``Elmo`` (``scalar_mix_0.weights``, ``_elmo_lstm.token_encoder.proj_w``) still load.
 """
 
 from __future__ import annotations
@@ -45,16 +66,16 @@ import torch
 from torch import Tensor, nn
 
 from elmo.atomic import atomic_path
-from elmo.chars import batch_to_char_ids
+from elmo.chars import BOS_TOKEN, EOS_TOKEN, batch_to_char_ids, token_to_char_ids
 from elmo.config import ElmoConfig
 from elmo.engine import DEFAULT_CACHE_SIZE
 from elmo.loading import load_bilm_files
-from elmo.mix import ScalarMix
-from elmo.model import ElmoBiLM
+from elmo.mix import mix_layers
+from elmo.model import ElmoBiLM, LayerState, TokenEncoder, tokens_with_boundaries
 from elmo.resolve import resolve
 from elmo.runner import BiLMRunner, EngineOptions
 
-__all__ = ["DEFAULT_BATCH_SIZE", "Elmo", "ElmoEmbedder", "batch_to_ids"]
+__all__ = ["DEFAULT_BATCH_SIZE", "Elmo", "ElmoEmbedder", "ScalarMix", "batch_to_ids"]
 
 PathLike = str | os.PathLike[str]
 
@@ -103,9 +124,15 @@ def _check_ids(value: Any, name: str, min_rank: int, shape_text: str) -> Tensor:
     return value
 
 
-def _check_char_ids(inputs: Any, max_chars: int | None) -> Tensor:
-    shape_text = f"(batch_size, timesteps, {max_chars or _MAX_CHARS}) or with more leading dimensions"
+def _check_char_ids(inputs: Any, max_chars: int | None, *, leading_dims: bool = True) -> Tensor:
+    """``inputs`` as character ids ``[B, T, max_chars]`` (with more leading dimensions if
+    ``leading_dims``), or an error naming what is wrong. ``max_chars`` None: any width."""
+    shape_text = f"(batch_size, timesteps, {max_chars or _MAX_CHARS})"
+    if leading_dims:
+        shape_text += " or with more leading dimensions"
     inputs = _check_ids(inputs, "inputs", 3, shape_text)
+    if not leading_dims and inputs.dim() != 3:
+        raise ValueError(f"inputs: expected shape {shape_text}, found {tuple(inputs.shape)}")
     if max_chars is not None:
         if inputs.shape[-1] != max_chars:
             raise ValueError(
@@ -122,6 +149,347 @@ def _check_char_ids(inputs: Any, max_chars: int | None) -> Tensor:
     return inputs
 
 
+def _marker_ids(config: ElmoConfig) -> Tensor:
+    """The character ids of ``<S>`` and ``</S>``, ``[2, max_characters_per_token]``."""
+    max_chars = config.char_cnn.max_characters_per_token
+    return torch.tensor([token_to_char_ids(BOS_TOKEN, max_chars), token_to_char_ids(EOS_TOKEN, max_chars)])
+
+
+def _load_files(options_file: PathLike, weight_file: PathLike, requires_grad: bool) -> ElmoBiLM:
+    bilm = load_bilm_files(resolve(options_file, weight_file))
+    bilm.requires_grad_(requires_grad)
+    return bilm
+
+
+class ScalarMix(nn.Module):
+    """AllenNLP's ``ScalarMix``: ``gamma * sum_k softmax(w)_k * tensor_k``, in AllenNLP's layout.
+
+    The mix is this package's (:func:`elmo.mix.mix_layers`, as :class:`elmo.mix.ScalarMix`);
+    only the parameters are laid out as AllenNLP's, so that state dicts and code that reads
+    them carry over: ``scalar_parameters``, one parameter of shape ``[1]`` per layer
+    (pre-softmax, 0 at the start: an equal mix), and ``gamma`` of shape ``[1]`` (1 at the
+    start). ``trainable=False`` freezes both. With ``do_layer_norm``, each tensor is first
+    normalised by the mean and variance of its elements under ``mask`` (the whole batch).
+
+    A state dict of this package's earlier ``Elmo`` (one ``weights`` vector, a 0-d
+    ``gamma``) still loads.
+    """
+
+    def __init__(
+        self,
+        mixture_size: int,
+        do_layer_norm: bool = False,
+        initial_scalar_parameters: Sequence[float] | None = None,
+        trainable: bool = True,
+    ) -> None:
+        super().__init__()
+        if initial_scalar_parameters is None:
+            initial_scalar_parameters = [0.0] * mixture_size
+        init = [float(w) for w in initial_scalar_parameters]
+        if len(init) != mixture_size:
+            raise ValueError(
+                f"initial_scalar_parameters: expected {mixture_size} values (one per layer), "
+                f"found {len(init)}"
+            )
+        self.mixture_size = mixture_size
+        self.do_layer_norm = do_layer_norm
+        self.scalar_parameters = nn.ParameterList(
+            [nn.Parameter(torch.tensor([w]), requires_grad=trainable) for w in init]
+        )
+        self.gamma = nn.Parameter(torch.tensor([1.0]), requires_grad=trainable)
+
+    def forward(self, tensors: Sequence[Tensor], mask: Tensor | None = None) -> Tensor:
+        """The mix of ``tensors`` (all of one shape); ``mask`` (their shape without the last
+        dimension) is needed with ``do_layer_norm`` only."""
+        weights = torch.cat(list(self.scalar_parameters))
+        return mix_layers(tensors, weights, self.gamma, mask, self.do_layer_norm)
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        old_weights = state_dict.pop(prefix + "weights", None)
+        if old_weights is not None:
+            for k, w in enumerate(old_weights.reshape(-1)):
+                state_dict[f"{prefix}scalar_parameters.{k}"] = w.reshape(1)
+            if prefix + "gamma" in state_dict:
+                state_dict[prefix + "gamma"] = state_dict[prefix + "gamma"].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class _ElmoCharacterEncoder(nn.Module):
+    """The context-free token representations, as AllenNLP's ``_ElmoCharacterEncoder``.
+
+    ``forward(inputs)`` takes character ids ``[B, T, 50]`` (from :func:`batch_to_ids`) and
+    returns ``{"token_embedding": [B, T + 2, P], "mask": bool [B, T + 2]}``: ``<S>`` at
+    position 0 and ``</S>`` right after each sentence are added, as in AllenNLP; positions
+    outside the mask are zero. ``get_output_dim()`` is P, the projection size.
+
+    The computation is the char CNN, highway and projection of this package's model
+    (``token_encoder``, an :class:`elmo.model.TokenEncoder`). An ``_ElmoBiLm``'s
+    ``_token_embedder`` shares its biLM's encoder.
+    """
+
+    def __init__(self, options_file: PathLike, weight_file: PathLike, requires_grad: bool = False) -> None:
+        super().__init__()
+        # The weight loader reads and checks a model's file as a whole; the LSTMs are
+        # dropped here and only the token encoder is kept.
+        bilm = _load_files(options_file, weight_file, requires_grad)
+        self._attach(bilm.token_encoder, bilm.config)
+
+    @classmethod
+    def _sharing(cls, bilm: ElmoBiLM) -> _ElmoCharacterEncoder:
+        """An encoder over ``bilm``'s own token encoder (the same parameters)."""
+        encoder = cls.__new__(cls)
+        nn.Module.__init__(encoder)
+        encoder._attach(bilm.token_encoder, bilm.config)
+        return encoder
+
+    def _attach(self, token_encoder: TokenEncoder, config: ElmoConfig) -> None:
+        self.token_encoder = token_encoder
+        self.config = config
+        self.output_dim = config.lstm.projection_dim
+        self.register_buffer("_marker_ids", _marker_ids(config), persistent=False)
+
+    def get_output_dim(self) -> int:
+        """P, the width of the token representations."""
+        return self.output_dim
+
+    def forward(self, inputs: Tensor) -> dict[str, Tensor]:
+        """Token representations of character ids ``[B, T, 50]`` with the sentence markers added."""
+        char_ids = _check_char_ids(inputs, self.config.char_cnn.max_characters_per_token, leading_dims=False)
+        device = self.token_encoder.proj_b.device
+        # The marker ids move here too: the encoder an _ElmoBiLm shares is not registered
+        # with it, so its buffer does not follow the biLM's moves.
+        _, with_markers, lengths = tokens_with_boundaries(
+            self.token_encoder, char_ids.to(device), self._marker_ids.to(device)
+        )
+        mask = torch.arange(with_markers.shape[1], device=device) < (lengths + 2).unsqueeze(1)
+        return {"token_embedding": with_markers, "mask": mask}
+
+
+class _CarriedLstmState:
+    """What AllenNLP code reaches as ``_ElmoBiLm._elmo_lstm``: the carried LSTM state.
+
+    AllenNLP's ``ElmoLstm`` holds the LSTM weights and the state carried between calls.
+    Here the weights are those of the biLM (``_ElmoBiLm.bilm``) and the state is its
+    runner's (:class:`elmo.runner.CarriedState`); this object shows that state as
+    AllenNLP's does: ``reset_states(mask=None)``, ``stateful`` and ``_states``.
+    """
+
+    def __init__(self, runner: BiLMRunner) -> None:
+        self._runner = runner
+
+    @property
+    def stateful(self) -> bool:
+        """Whether each batch row's state is carried into the next call."""
+        return self._runner.stateful
+
+    @stateful.setter
+    def stateful(self, value: bool) -> None:
+        self._runner.stateful = bool(value)
+
+    def reset_states(self, mask: Tensor | None = None) -> None:
+        """Forget the carried state: of every row, or of the rows where ``mask`` [B] is True."""
+        if mask is None:
+            self._runner.reset_state()
+            return
+        states = self._states
+        if states is None:
+            raise ValueError("reset_states(mask): there is no carried state yet")
+        rows = states[0].shape[1]
+        if mask.shape != (rows,):
+            raise ValueError(
+                f"reset_states: expected a mask of shape ({rows},) (one per stored row), "
+                f"found {tuple(mask.shape)}"
+            )
+        keep = ~mask.to(device=states[0].device, dtype=torch.bool).view(1, rows, 1)
+        self._states = (states[0] * keep, states[1] * keep)
+
+    @property
+    def _states(self) -> tuple[Tensor, Tensor] | None:
+        """The carried state in AllenNLP's layout, or None before the first call:
+        ``(h [layers, B, 2P], c [layers, B, 2H])``, forward then backward on the last axis."""
+        layers = self._runner.state.layers
+        if layers is None:
+            return None
+        h = torch.stack([torch.cat([s.forward_h, s.backward_h], dim=-1) for s in layers])
+        c = torch.stack([torch.cat([s.forward_c, s.backward_c], dim=-1) for s in layers])
+        return h, c
+
+    @_states.setter
+    def _states(self, value: tuple[Tensor, Tensor] | None) -> None:
+        if value is None:
+            self._runner.reset_state()
+            return
+        config = self._runner.bilm.config
+        h, c = value
+        expected = (config.lstm.n_layers, h.shape[1] if h.dim() == 3 else -1)
+        for name, tensor, width in (("h", h, config.lstm.projection_dim), ("c", c, config.lstm.dim)):
+            if tensor.dim() != 3 or tuple(tensor.shape) != (*expected, 2 * width):
+                raise ValueError(
+                    f"_states: expected {name} of shape (layers={expected[0]}, batch, {2 * width}), "
+                    f"found {tuple(tensor.shape)}"
+                )
+        p, cells = config.lstm.projection_dim, config.lstm.dim
+        self._runner.state.layers = [
+            LayerState(h[k, :, :p], c[k, :, :cells], h[k, :, p:], c[k, :, cells:]) for k in range(h.shape[0])
+        ]
+
+
+class _ElmoBiLm(nn.Module):
+    """The pre-trained biLM with AllenNLP's ``_ElmoBiLm`` interface.
+
+    ``forward(inputs, word_inputs=None)`` takes character ids ``[B, T, 50]`` and returns
+    ``{"activations": [...], "mask": bool [B, T + 2]}`` with the sentence markers
+    ``<S>``/``</S>`` included: activation 0 is the token representation duplicated to
+    ``[B, T + 2, 2P]``, then one ``[B, T + 2, 2P]`` per LSTM layer; positions outside the
+    mask are zero. Stateful like AllenNLP's: row r of a call starts from the LSTM state
+    row r ended in at the previous call; ``_elmo_lstm.reset_states()`` starts over.
+
+    The biLM is this package's plain model (``bilm``, an :class:`elmo.ElmoBiLM`), run by a
+    :class:`elmo.runner.BiLMRunner`: the fast engine unless gradients must reach the
+    biLM. Also as in AllenNLP: ``num_layers``, ``get_output_dim()`` (2P),
+    ``_token_embedder`` (an :class:`_ElmoCharacterEncoder` over the same weights) and
+    :meth:`create_cached_cnn_embeddings`.
+
+    Args:
+        options_file, weight_file: the model's files (paths or URLs, see :func:`elmo.resolve.resolve`).
+        requires_grad: make the biLM's weights trainable.
+        vocab_to_cache: a word list; ``forward`` then takes ``word_inputs`` ``[B, T]`` of
+            indices into it (0 = padding) instead of character ids. An index outside the
+            list falls back to the character ``inputs``, with a warning.
+        stateful, engine, precision, cache_size: (keyword-only, not in AllenNLP) as for :class:`Elmo`.
+    """
+
+    def __init__(
+        self,
+        options_file: PathLike,
+        weight_file: PathLike,
+        requires_grad: bool = False,
+        vocab_to_cache: list[str] | None = None,
+        *,
+        stateful: bool = True,
+        engine: str = "auto",
+        precision: str | None = None,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        dtype: str | None = None,
+    ) -> None:
+        super().__init__()
+        options = EngineOptions.from_keywords(engine, precision, cache_size, dtype=dtype)
+        self._attach(_load_files(options_file, weight_file, requires_grad), options, stateful, vocab_to_cache)
+
+    @classmethod
+    def _wrap(
+        cls,
+        bilm: ElmoBiLM,
+        options: EngineOptions,
+        *,
+        stateful: bool,
+        vocab_to_cache: list[str] | None = None,
+    ) -> _ElmoBiLm:
+        """An ``_ElmoBiLm`` running an already loaded ``bilm`` (shared, not copied)."""
+        wrapper = cls.__new__(cls)
+        nn.Module.__init__(wrapper)
+        wrapper._attach(bilm, options, stateful, vocab_to_cache)
+        return wrapper
+
+    def _attach(
+        self, bilm: ElmoBiLM, options: EngineOptions, stateful: bool, vocab_to_cache: list[str] | None
+    ) -> None:
+        self.bilm = bilm
+        self._runner = BiLMRunner(bilm, options, stateful=stateful)
+        self._elmo_lstm = _CarriedLstmState(self._runner)
+        # Not registered as a submodule: its parameters are the biLM's, registered once
+        # (as "bilm.token_encoder.*") in parameters() and the state dict.
+        object.__setattr__(self, "_token_embedder", _ElmoCharacterEncoder._sharing(bilm))
+        self._word_embedding: nn.Embedding | None = None
+        self.register_buffer("_bos_embedding", None, persistent=False)
+        self.register_buffer("_eos_embedding", None, persistent=False)
+        self.register_buffer("_vocab_char_ids", None, persistent=False)
+        if vocab_to_cache:
+            self.create_cached_cnn_embeddings(vocab_to_cache)
+
+    @property
+    def config(self) -> ElmoConfig:
+        """The biLM's configuration (from its options file)."""
+        return self.bilm.config
+
+    @property
+    def num_layers(self) -> int:
+        """Number of activations: the token layer plus one per LSTM layer."""
+        return self.bilm.num_layers
+
+    def get_output_dim(self) -> int:
+        """Width of each activation: twice the biLM's projection size."""
+        return self.bilm.config.output_dim
+
+    def create_cached_cnn_embeddings(self, tokens: list[str]) -> None:
+        """Use ``tokens`` as the vocabulary of ``word_inputs`` (index i is ``tokens[i]``, 0 is padding).
+
+        As in AllenNLP, this sets ``_word_embedding`` (an ``nn.Embedding`` whose row i is the
+        context-free representation of ``tokens[i]``), ``_bos_embedding`` and
+        ``_eos_embedding`` (of ``<S>`` and ``</S>``). Unlike AllenNLP, ``forward`` maps word
+        indices to the words' character ids and runs the character encoder (the fast
+        engine keeps its own cache of token representations), so these three are computed
+        here for reading only: frozen, and outputs do not depend on them.
+        """
+        if isinstance(tokens, str) or not all(isinstance(w, str) for w in tokens):
+            raise TypeError("vocab_to_cache: expected a list of word strings")
+        words = list(tokens)
+        encoder = self.bilm.token_encoder
+        device = encoder.proj_b.device
+        table = batch_to_char_ids([words], self.config.char_cnn.max_characters_per_token)[0].to(device)
+        with torch.no_grad():
+            vectors = encoder(table) if words else encoder.proj_b.new_zeros(0, encoder.proj_b.shape[0])
+            bos, eos = encoder(_marker_ids(self.config).to(device))
+        self._word_embedding = nn.Embedding.from_pretrained(vectors, freeze=True, padding_idx=0)
+        self._bos_embedding, self._eos_embedding = bos, eos
+        # Index 0 is padding (AllenNLP masks word_inputs == 0), whatever word it holds.
+        # Ids are below 262: int16 keeps a large vocabulary's table small.
+        table[:1] = 0
+        self._vocab_char_ids = table.to(torch.int16)
+
+    def forward(self, inputs: Tensor | None, word_inputs: Tensor | None = None) -> dict[str, Any]:
+        """All layers for character ids ``inputs`` [B, T, 50] (or ``word_inputs`` [B, T] with a
+        cached vocabulary; without one they are ignored, as in AllenNLP)."""
+        out = self._runner(self._char_ids(inputs, word_inputs), keep_boundaries=True)
+        return {"activations": out.full_width_layers(), "mask": out.mask}
+
+    def _char_ids(self, inputs: Tensor | None, word_inputs: Tensor | None) -> Tensor:
+        table = self._vocab_char_ids
+        if word_inputs is not None and table is not None:
+            word_inputs = _check_ids(word_inputs, "word_inputs", 2, "(batch_size, timesteps)")
+            out_of_range = (word_inputs < 0) | (word_inputs >= table.shape[0])
+            if not bool(out_of_range.any()):
+                return table[word_inputs.to(table.device)].long()
+            bad = int(word_inputs[out_of_range][0])
+            if inputs is None:
+                raise ValueError(
+                    f"word_inputs: index {bad} is outside vocab_to_cache (0..{table.shape[0] - 1}) "
+                    "and no character inputs were given to fall back to"
+                )
+            warnings.warn(
+                f"word_inputs: index {bad} is outside vocab_to_cache; using the character inputs",
+                stacklevel=2,
+            )
+        return _check_char_ids(inputs, self.config.char_cnn.max_characters_per_token, leading_dims=False)
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # Before this wrapper, Elmo's biLM parameters had no "bilm." in their names
+        # ("_elmo_lstm.token_encoder.proj_w"); such state dicts still load.
+        children = {name for name, _ in self.bilm.named_children()}
+        old = [
+            k for k in state_dict if k.startswith(prefix) and k[len(prefix) :].split(".", 1)[0] in children
+        ]
+        for key in old:
+            state_dict[f"{prefix}bilm.{key[len(prefix) :]}"] = state_dict.pop(key)
+        if old and self._word_embedding is not None:
+            state_dict.setdefault(prefix + "_word_embedding.weight", self._word_embedding.weight.detach())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
 class Elmo(nn.Module):
     """ELMo representations from a pre-trained biLM, as AllenNLP's ``Elmo`` module.
 
@@ -131,6 +499,11 @@ class Elmo(nn.Module):
     present (``do_layer_norm`` normalises over them too), then the boundaries are removed
     (unless ``keep_sentence_boundaries``) and dropout is applied (active in train mode
     only, as usual for ``torch.nn.Dropout``).
+
+    As in AllenNLP, the biLM is ``_elmo_lstm`` (an :class:`_ElmoBiLm`; its carried state
+    is reset by ``_elmo_lstm._elmo_lstm.reset_states()`` or :meth:`reset_states`) and the
+    mixes are ``scalar_mix_0``, ``scalar_mix_1``, ... (also listed in ``_scalar_mixes``),
+    each a :class:`ScalarMix` with AllenNLP's ``scalar_parameters`` and ``gamma``.
 
     Args:
         options_file, weight_file: the model's ``options.json`` and ``weights.hdf5``.
@@ -143,20 +516,25 @@ class Elmo(nn.Module):
         vocab_to_cache: a word list; ``forward`` then accepts ``word_inputs`` [B, T] of
             indices into it (0 = padding) instead of character ids. Words are mapped to
             their character ids, so results equal character input (the char CNN still
-            runs: this saves no time, unlike AllenNLP's cache). As in AllenNLP, an index
-            outside the list falls back to the character ``inputs`` (with a warning).
+            runs: the fast engine's own token cache is what saves time). As in AllenNLP, an
+            index outside the list falls back to the character ``inputs`` (with a warning).
         keep_sentence_boundaries: return ``[B, T + 2, 2P]`` with ``<S>`` at position 0 and
             ``</S>`` after each sentence, and the mask that covers them.
         scalar_mix_parameters: fixed, pre-softmax layer weights; the mixes (weights and
             gamma) are then not trainable.
         module: instead of the files, an already loaded :class:`elmo.ElmoBiLM` (shared,
-            with this module's state carrying; ``requires_grad`` is ignored) or any module
-            with AllenNLP's contract: a ``num_layers`` attribute and
+            with this module's state carrying; ``requires_grad`` is ignored), an
+            :class:`_ElmoBiLm` (used as it is, with its own engine options and carried
+            state), or any module with AllenNLP's contract: a ``num_layers`` attribute and
             ``forward(inputs, word_inputs)`` returning ``{"activations": [...], "mask": ...}``
             with the boundaries included. Pass ``None`` for both files then.
         stateful: (keyword-only, not in AllenNLP) carry each batch row's LSTM state into
             the next call, as AllenNLP does (the default). ``False`` starts every call
-            from zero state, so a sentence's output does not depend on earlier calls.
+            from zero state, so a sentence's output does not depend on earlier calls (a
+            given ``_ElmoBiLm`` stops carrying state; a custom module is reset before
+            every call).
+        engine, precision, cache_size: (keyword-only, not in AllenNLP) how the biLM is
+            computed, see :class:`elmo.runner.EngineOptions`.
 
     ``forward(inputs, word_inputs=None)`` takes character ids ``[B, T, 50]`` from
     :func:`batch_to_ids` (extra leading dimensions are flattened and restored) and returns
@@ -184,91 +562,97 @@ class Elmo(nn.Module):
     ) -> None:
         super().__init__()
         options = EngineOptions.from_keywords(engine, precision, cache_size, dtype=dtype)
+        n = num_output_representations
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"num_output_representations: expected an int >= 0, found {n!r}")
         if module is not None:
             if options_file is not None or weight_file is not None:
                 raise ValueError(
                     "Elmo: pass either module= or options_file and weight_file, not both "
                     "(use Elmo(None, None, n, module=...))"
                 )
-            if not isinstance(module, ElmoBiLM) and not hasattr(module, "num_layers"):
+            if isinstance(module, ElmoBiLM):
+                module = _ElmoBiLm._wrap(module, options, stateful=stateful, vocab_to_cache=vocab_to_cache)
+            elif isinstance(module, _ElmoBiLm):
+                if not stateful:
+                    module._elmo_lstm.stateful = False
+            elif not hasattr(module, "num_layers"):
                 raise TypeError(
                     f"module: expected an elmo.ElmoBiLM or a module with a num_layers attribute, "
                     f"found {type(module).__name__} without one"
                 )
+            elif not stateful and not hasattr(module, "reset_states"):
+                raise ValueError("stateful=False with a custom module needs a module with reset_states()")
             self._elmo_lstm = module
         else:
             if options_file is None or weight_file is None:
                 raise TypeError("Elmo: options_file and weight_file are required (or pass module=)")
-            self._elmo_lstm = load_bilm_files(resolve(options_file, weight_file))
-            for p in self._elmo_lstm.parameters():
-                p.requires_grad_(requires_grad)
-        self._own_bilm = isinstance(self._elmo_lstm, ElmoBiLM)
-        self._runner = BiLMRunner(self._elmo_lstm, options, stateful=stateful) if self._own_bilm else None
-        if not self._own_bilm and not stateful and not hasattr(self._elmo_lstm, "reset_states"):
-            raise ValueError("stateful=False with a custom module needs a module with reset_states()")
-        n = num_output_representations
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"num_output_representations: expected an int >= 0, found {n!r}")
+            self._elmo_lstm = _ElmoBiLm(
+                options_file,
+                weight_file,
+                requires_grad=requires_grad,
+                vocab_to_cache=vocab_to_cache,
+                stateful=stateful,
+                engine=options.engine,
+                precision=options.precision,
+                cache_size=options.cache_size,
+            )
         num_layers = self._elmo_lstm.num_layers
         if scalar_mix_parameters is not None and len(scalar_mix_parameters) != num_layers:
             raise ValueError(
                 f"scalar_mix_parameters: expected {num_layers} values (one per biLM layer), "
                 f"found {len(scalar_mix_parameters)}"
             )
-
-        self._cached_vocab = vocab_to_cache is not None
-        if self._cached_vocab:
-            if isinstance(vocab_to_cache, str) or not all(isinstance(w, str) for w in vocab_to_cache):
-                raise TypeError("vocab_to_cache: expected a list of word strings")
-            words = list(vocab_to_cache)
-            table = batch_to_char_ids([words], self._max_chars() or _MAX_CHARS)[0]
-            # Index 0 is padding (AllenNLP masks word_inputs == 0), whatever word it holds.
-            table[:1] = 0
-            self.register_buffer("_vocab_char_ids", table, persistent=False)
+        self._has_cached_vocab = vocab_to_cache is not None
         self._keep_sentence_boundaries = keep_sentence_boundaries
         self._dropout = nn.Dropout(p=dropout)
-        self._stateful = stateful
-        self._num_mixes = num_output_representations
+        self._stateful = stateful  # what a custom module's calls do; an _ElmoBiLm keeps its own
+        self._scalar_mixes: list[ScalarMix] = []
         for k in range(num_output_representations):
             mix = ScalarMix(
                 num_layers,
-                initial_weights=scalar_mix_parameters,
+                do_layer_norm=do_layer_norm,
+                initial_scalar_parameters=scalar_mix_parameters,
                 trainable=scalar_mix_parameters is None,
-                layer_norm=do_layer_norm,
             )
             self.add_module(f"scalar_mix_{k}", mix)
+            self._scalar_mixes.append(mix)
 
     @property
     def bilm(self) -> nn.Module:
-        """The biLM the representations come from."""
-        return self._elmo_lstm
+        """The biLM the representations come from: the :class:`elmo.ElmoBiLM` (or the custom module)."""
+        return self._elmo_lstm.bilm if isinstance(self._elmo_lstm, _ElmoBiLm) else self._elmo_lstm
+
+    @property
+    def _runner(self) -> BiLMRunner | None:
+        return self._elmo_lstm._runner if isinstance(self._elmo_lstm, _ElmoBiLm) else None
 
     @property
     def scalar_mixes(self) -> list[ScalarMix]:
         """The scalar mix of each output representation, in order."""
-        return [getattr(self, f"scalar_mix_{k}") for k in range(self._num_mixes)]
+        return [getattr(self, f"scalar_mix_{k}") for k in range(len(self._scalar_mixes))]
 
     def get_output_dim(self) -> int:
         """Width of each representation: twice the biLM's projection size."""
-        if self._own_bilm:
-            return self._elmo_lstm.config.output_dim
         return self._elmo_lstm.get_output_dim()
 
     @property
     def stateful(self) -> bool:
         """Whether each batch row's LSTM state is carried into the next call."""
+        if isinstance(self._elmo_lstm, _ElmoBiLm):
+            return self._elmo_lstm._elmo_lstm.stateful
         return self._stateful
 
     @stateful.setter
     def stateful(self, value: bool) -> None:
+        if isinstance(self._elmo_lstm, _ElmoBiLm):
+            self._elmo_lstm._elmo_lstm.stateful = bool(value)
         self._stateful = bool(value)
-        if self._runner is not None:
-            self._runner.stateful = self._stateful
 
     def reset_states(self) -> None:
         """Forget the carried LSTM state: the next call starts every row from zero."""
-        if self._runner is not None:
-            self._runner.reset_state()
+        if isinstance(self._elmo_lstm, _ElmoBiLm):
+            self._elmo_lstm._elmo_lstm.reset_states()
         elif hasattr(self._elmo_lstm, "reset_states"):
             self._elmo_lstm.reset_states()
 
@@ -279,10 +663,9 @@ class Elmo(nn.Module):
         the module was built with a vocabulary; without one it is ignored with a warning,
         as in AllenNLP.
         """
-        max_chars = self._max_chars()
         if word_inputs is not None:
             word_inputs = _check_ids(word_inputs, "word_inputs", 2, "(batch_size, timesteps)")
-            if not self._cached_vocab:
+            if not self._has_cached_vocab:
                 warnings.warn(
                     "word_inputs were passed to Elmo but it has no vocab_to_cache; "
                     "using the character inputs",
@@ -290,7 +673,7 @@ class Elmo(nn.Module):
                 )
                 word_inputs = None
         if word_inputs is None or inputs is not None:
-            inputs = _check_char_ids(inputs, max_chars)
+            inputs = _check_char_ids(inputs, self._max_chars())
 
         if word_inputs is not None:
             lead_shape = word_inputs.shape[:-1]
@@ -302,15 +685,12 @@ class Elmo(nn.Module):
         rows = math.prod(lead_shape)
         flat_inputs = None if inputs is None else inputs.reshape(rows, *inputs.shape[-2:])
 
-        if self._own_bilm:
-            layers, mask = self._run_bilm(self._char_ids(flat_inputs, flat_words))
-        else:
-            if not self.stateful:
-                self._elmo_lstm.reset_states()
-            out = self._elmo_lstm(flat_inputs, flat_words if self._cached_vocab else None)
-            if not isinstance(out, dict) or "activations" not in out or "mask" not in out:
-                raise TypeError("module: forward must return a dict with 'activations' and 'mask'")
-            layers, mask = list(out["activations"]), out["mask"].bool()
+        if not isinstance(self._elmo_lstm, _ElmoBiLm) and not self._stateful:
+            self._elmo_lstm.reset_states()
+        out = self._elmo_lstm(flat_inputs, flat_words)
+        if not isinstance(out, dict) or "activations" not in out or "mask" not in out:
+            raise TypeError("module: forward must return a dict with 'activations' and 'mask'")
+        layers, mask = list(out["activations"]), out["mask"].bool()
 
         if not self._keep_sentence_boundaries:
             # Sentences are prefixes of their rows, so dropping <S> and </S> keeps
@@ -336,30 +716,9 @@ class Elmo(nn.Module):
 
     def _max_chars(self) -> int | None:
         """Characters per token of our own biLM; a custom module's is unknown."""
-        return self._elmo_lstm.config.char_cnn.max_characters_per_token if self._own_bilm else None
-
-    def _char_ids(self, inputs: Tensor | None, word_inputs: Tensor | None) -> Tensor:
-        if word_inputs is not None:
-            table = self._vocab_char_ids
-            out_of_range = (word_inputs < 0) | (word_inputs >= table.shape[0])
-            if not bool(out_of_range.any()):
-                return table[word_inputs.to(table.device)]
-            bad = int(word_inputs[out_of_range][0])
-            if inputs is None:
-                raise ValueError(
-                    f"word_inputs: index {bad} is outside vocab_to_cache (0..{table.shape[0] - 1}) "
-                    "and no character inputs were given to fall back to"
-                )
-            warnings.warn(
-                f"word_inputs: index {bad} is outside vocab_to_cache; using the character inputs",
-                stacklevel=3,
-            )
-        return inputs
-
-    def _run_bilm(self, char_ids: Tensor) -> tuple[list[Tensor], Tensor]:
-        assert self._runner is not None
-        out = self._runner(char_ids, keep_boundaries=True)
-        return out.full_width_layers(), out.mask
+        if isinstance(self._elmo_lstm, _ElmoBiLm):
+            return self._elmo_lstm.config.char_cnn.max_characters_per_token
+        return None
 
 
 class ElmoEmbedder:
@@ -373,6 +732,9 @@ class ElmoEmbedder:
     next batch, so an embedding depends on the sentences embedded before it in the same
     row. This reproduces AllenNLP's output; ``stateful=False`` (not in AllenNLP) starts
     every batch from zero state instead, and :meth:`reset_states` starts over.
+
+    As in AllenNLP, the biLM is ``elmo_bilm``, an :class:`_ElmoBiLm` that shares this
+    embedder's carried state (``elmo_bilm._elmo_lstm.reset_states()`` resets it too).
 
     Args:
         options_file, weight_file: the model's files; both omitted: the released original
@@ -418,10 +780,8 @@ class ElmoEmbedder:
                 )
             device = torch.device("cuda", cuda_device)
         self.cuda_device = cuda_device
-        self.elmo_bilm: ElmoBiLM = load_bilm_files(files, device)
-        for p in self.elmo_bilm.parameters():
-            p.requires_grad_(False)
-        self._runner = BiLMRunner(self.elmo_bilm, options, stateful=stateful)
+        bilm = load_bilm_files(files, device).requires_grad_(False)
+        self.elmo_bilm = _ElmoBiLm._wrap(bilm, options, stateful=stateful)
 
     @property
     def config(self) -> ElmoConfig:
@@ -429,17 +789,21 @@ class ElmoEmbedder:
         return self.elmo_bilm.config
 
     @property
+    def _runner(self) -> BiLMRunner:
+        return self.elmo_bilm._runner
+
+    @property
     def stateful(self) -> bool:
         """Whether each batch row's LSTM state is carried into the next batch."""
-        return self._runner.stateful
+        return self.elmo_bilm._elmo_lstm.stateful
 
     @stateful.setter
     def stateful(self, value: bool) -> None:
-        self._runner.stateful = bool(value)
+        self.elmo_bilm._elmo_lstm.stateful = value
 
     def reset_states(self) -> None:
         """Forget the carried LSTM state: the next batch starts every row from zero."""
-        self._runner.reset_state()
+        self.elmo_bilm._elmo_lstm.reset_states()
 
     def batch_to_embeddings(self, batch: list[list[str]]) -> tuple[Tensor, Tensor]:
         """All layers of a batch as tensors: ``([B, num_layers, T, 2P], mask [B, T])``."""

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ScalarMix"]
+__all__ = ["ScalarMix", "mix_layers"]
 
 
 class ScalarMix(nn.Module):
@@ -37,17 +37,29 @@ class ScalarMix(nn.Module):
         self.layer_norm = layer_norm
 
     def forward(self, layers: Sequence[Tensor], mask: Tensor | None = None) -> Tensor:
-        if len(layers) != self.weights.numel():
-            raise ValueError(f"expected {self.weights.numel()} layers, found {len(layers)}")
-        w = torch.softmax(self.weights, dim=0)
-        if self.layer_norm:
-            if mask is None:
-                raise ValueError("layer_norm needs the mask of real positions")
-            layers = [_masked_layer_norm(x, mask) for x in layers]
-        out = w[0] * layers[0]
-        for k in range(1, len(layers)):
-            out = out + w[k] * layers[k]
-        return self.gamma * out
+        return mix_layers(layers, self.weights, self.gamma, mask, self.layer_norm)
+
+
+def mix_layers(
+    layers: Sequence[Tensor],
+    weights: Tensor,
+    gamma: Tensor,
+    mask: Tensor | None = None,
+    layer_norm: bool = False,
+) -> Tensor:
+    """``gamma * sum_k softmax(weights)_k * layer_k``, each layer first normalised under
+    ``mask`` with ``layer_norm``. ``weights``: one pre-softmax value per layer."""
+    if len(layers) != weights.numel():
+        raise ValueError(f"expected {weights.numel()} layers, found {len(layers)}")
+    w = torch.softmax(weights, dim=0)
+    if layer_norm:
+        if mask is None:
+            raise ValueError("layer_norm needs the mask of real positions")
+        layers = [_masked_layer_norm(x, mask) for x in layers]
+    out = w[0] * layers[0]
+    for k in range(1, len(layers)):
+        out = out + w[k] * layers[k]
+    return gamma * out
 
 
 def _masked_layer_norm(x: Tensor, mask: Tensor) -> Tensor:

@@ -34,6 +34,7 @@ __all__ = [
     "has_skip_connection",
     "linear",
     "lstm_cell",
+    "tokens_with_boundaries",
     "widen_token_layer",
 ]
 
@@ -260,6 +261,32 @@ def widen_token_layer(word: Tensor) -> Tensor:
     return torch.cat([word, word], dim=-1)
 
 
+def tokens_with_boundaries(
+    encoder: TokenEncoder, char_ids: Tensor, marker_ids: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The token representations of a batch of sentences, without and with the sentence markers.
+
+    ``char_ids`` [B, T, C] holds each row's tokens, then all-zero padding tokens;
+    ``marker_ids`` [2, C] the character ids of ``<S>`` and ``</S>``. Returns ``word_emb``
+    [B, T, P] (zero at padding), ``with_markers`` [B, T + 2, P] (``<S>`` at position 0, the
+    tokens, ``</S>`` right after each row's last token, zeros after) and the ``lengths`` [B].
+    """
+    batch, steps, _ = char_ids.shape
+    mask = (char_ids > 0).any(dim=2)
+    lengths = mask.sum(dim=1)
+    if not torch.equal(mask, torch.arange(steps, device=mask.device) < lengths.unsqueeze(1)):
+        raise ValueError("character ids: padding tokens (all zero) must come after the real tokens of a row")
+    tokens = encoder(char_ids[mask])  # only real tokens: [N, P]
+    bos, eos = encoder(marker_ids)
+    word_emb = tokens.new_zeros(batch, steps, tokens.shape[1])
+    word_emb[mask] = tokens
+    padding = word_emb.new_zeros(batch, 1, tokens.shape[1])
+    with_markers = torch.cat([padding, word_emb, padding], dim=1)
+    with_markers[:, 0] = bos
+    with_markers[torch.arange(batch, device=with_markers.device), lengths + 1] = eos
+    return word_emb, with_markers, lengths
+
+
 def _reverse_rows(x: Tensor, lengths: Tensor) -> Tensor:
     """Reverse each row's first ``lengths[b]`` steps; later steps stay in place."""
     steps = x.shape[1]
@@ -314,33 +341,13 @@ class ElmoBiLM(nn.Module):
     ) -> BiLMOutput:
         char_ids = char_ids.to(self.token_encoder.proj_b.device)  # ids built on the CPU, a model elsewhere
         batch, steps, _ = char_ids.shape
-        mask = (char_ids > 0).any(dim=2)
-        lengths = mask.sum(dim=1)
-        if not torch.equal(mask, torch.arange(steps, device=mask.device) < lengths.unsqueeze(1)):
-            raise ValueError(
-                "character ids: padding tokens (all zero) must come after the real tokens of a row"
-            )
+        # The LSTM input x: <S> w_1 .. w_n </S> per row, then padding.
+        word_emb, x, lengths = tokens_with_boundaries(self.token_encoder, char_ids, self._marker_ids)
+        mask = torch.arange(steps, device=x.device) < lengths.unsqueeze(1)
+        lengths2 = lengths + 2
+        mask2 = torch.arange(steps + 2, device=x.device) < lengths2.unsqueeze(1)
         if state is None:
             state = self.zero_state(batch)
-
-        tokens = self.token_encoder(char_ids[mask])  # only real tokens: [N, P]
-        bos, eos = self.token_encoder(self._marker_ids)
-        word_emb = tokens.new_zeros(batch, steps, tokens.shape[1])
-        word_emb[mask] = tokens
-
-        # The LSTM input: <S> w_1 .. w_n </S> per row, then padding.
-        lengths2 = lengths + 2
-        x = torch.cat(
-            [
-                word_emb.new_zeros(batch, 1, tokens.shape[1]),
-                word_emb,
-                word_emb.new_zeros(batch, 1, tokens.shape[1]),
-            ],
-            dim=1,
-        )
-        x[:, 0] = bos
-        x[torch.arange(batch, device=x.device), lengths + 1] = eos
-        mask2 = torch.arange(steps + 2, device=x.device) < lengths2.unsqueeze(1)
 
         layers = [x.masked_fill(~mask2.unsqueeze(2), 0.0) if keep_boundaries else word_emb]
         final: list[LayerState] = []
