@@ -28,8 +28,8 @@ def test_a_pair_and_a_directory(tmp_path):
     tiny = tiny_model()
     pair = resolve(tiny / "options.json", tiny / "weights.hdf5")
     assert (pair.options, pair.weights, pair.format) == (
-        ALLENNLP / "options.json",
-        ALLENNLP / "lm_weights.hdf5",
+        tiny / "options.json",
+        tiny / "weights.hdf5",
         "hdf5",
     )
     shutil.copy(tiny / "options.json", tmp_path / "options.json")
