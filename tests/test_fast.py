@@ -403,26 +403,38 @@ def _cosines(got: list[torch.Tensor], want: list[torch.Tensor], mask: torch.Tens
     return [torch.nn.functional.cosine_similarity(a[mask], b[mask], dim=-1) for a, b in zip(got, want)]
 
 
-@pytest.mark.filterwarnings("ignore:dtype='bfloat16'")  # CPUs without bfloat16 units: emulated
-@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
-def test_lower_precision_accuracy(small_bilm, dtype):
-    """Per-token cosine similarity with float32 on every layer, mean and minimum >= 0.999.
+# Floors of the per-token cosine similarity with float32 (every layer), and what
+# benchmarks/numerics.py measured on the 42 reference sentences (small model; the
+# original-size one is alike), the same with AVX2 and AVX-512 kernels:
+# - bfloat16: mean 0.99998, min 0.99997 (AVX-512 BF16, and emulated): floors 0.999 leave
+#   30x in 1 - cosine;
+# - int8 with 8-bit activations (CPUs with VNNI): mean 0.99989, min 0.99977: floors 0.999
+#   leave 9x and 4.4x;
+# - int8 with 7-bit activations (CPUs without VNNI, e.g. AVX2-only: see
+#   elmo.engine.precision._reduce_range), forced here on any CPU: mean 0.99969, min 0.99931:
+#   floors 0.999 and 0.998 leave 3.2x and 2.9x.
+LOWER_PRECISION_FLOORS = {"bfloat16": (0.999, 0.999), "int8": (0.999, 0.999), "int8-7bit": (0.999, 0.998)}
 
-    Measured on the 42 reference sentences (small model; the original-size one is alike) by
-    benchmarks/numerics.py: bfloat16 min 0.99997 with AVX-512 BF16 and emulated (AVX2
-    kernels); int8 min 0.99977 with VNNI (8-bit activations) and INT8_7BIT_MIN without
-    (7-bit, as AVX2-only CPUs run it). The floor of 0.999 leaves a margin of 30x (bfloat16)
-    and more than 2x (int8) in 1 - cosine.
-    """
+
+@pytest.mark.filterwarnings("ignore:dtype='bfloat16'")  # CPUs without bfloat16 units: emulated
+@pytest.mark.parametrize("case", list(LOWER_PRECISION_FLOORS))
+def test_lower_precision_accuracy(small_bilm, case, monkeypatch):
+    """Per-token cosine similarity with float32 on every layer, above the floors above."""
+    dtype = case.split("-")[0]
     if dtype == "int8" and "x86" not in torch.backends.quantized.supported_engines:
         pytest.skip("no x86 quantized backend")
+    if case == "int8-7bit":
+        monkeypatch.setattr(precision, "_reduce_range", lambda: True)
+    elif dtype == "int8" and precision._reduce_range():
+        pytest.skip("this CPU has no VNNI: int8 runs with 7-bit activations (the int8-7bit case)")
     ids = batch_to_char_ids(reference_sentences())
     want = FastBiLM(small_bilm)(ids)
     got = FastBiLM(small_bilm, dtype)(ids)
     for a in got.layers:
         assert a.dtype == torch.float32
+    mean_floor, min_floor = LOWER_PRECISION_FLOORS[case]
     for cos in _cosines(got.layers, want.layers, want.mask):
-        assert cos.mean() >= 0.999 and cos.min() >= 0.999, (float(cos.mean()), float(cos.min()))
+        assert cos.mean() >= mean_floor and cos.min() >= min_floor, (float(cos.mean()), float(cos.min()))
 
 
 @pytest.mark.filterwarnings("ignore:dtype='bfloat16'")
