@@ -229,6 +229,8 @@ class _ElmoCharacterEncoder(nn.Module):
     ``_token_embedder`` shares its biLM's encoder.
     """
 
+    _marker_ids: Tensor  # buffer: the character ids of <S> and </S>
+
     def __init__(self, options_file: PathLike, weight_file: PathLike, requires_grad: bool = False) -> None:
         super().__init__()
         # The weight loader reads and checks a model's file as a whole; the LSTMs are
@@ -583,7 +585,8 @@ class Elmo(nn.Module):
                 )
             elif not stateful and not hasattr(module, "reset_states"):
                 raise ValueError("stateful=False with a custom module needs a module with reset_states()")
-            self._elmo_lstm = module
+            # an _ElmoBiLm, or any module with AllenNLP's contract (duck-typed)
+            self._elmo_lstm: Any = module
         else:
             if options_file is None or weight_file is None:
                 raise TypeError("Elmo: options_file and weight_file are required (or pass module=)")
@@ -679,6 +682,7 @@ class Elmo(nn.Module):
             lead_shape = word_inputs.shape[:-1]
             flat_words = word_inputs.reshape(math.prod(lead_shape), word_inputs.shape[-1])
         else:
+            assert inputs is not None  # checked above: character ids are needed without word ids
             lead_shape = inputs.shape[:-2]
             flat_words = None
         # explicit row counts: with no time steps (every sentence empty) -1 is ambiguous
@@ -830,8 +834,8 @@ class ElmoEmbedder:
         """
         if not _check_batch(batch):
             return []
-        embeddings, mask = self.batch_to_embeddings(batch)
-        embeddings = embeddings.cpu().numpy()
+        tensor, mask = self.batch_to_embeddings(batch)
+        embeddings = tensor.cpu().numpy()
         lengths = mask.sum(dim=1).tolist()
         # Copies, so that keeping one sentence does not keep the whole padded batch alive.
         return [np.ascontiguousarray(embeddings[i, :, :n]) for i, n in enumerate(lengths)]

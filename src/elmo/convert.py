@@ -302,7 +302,9 @@ def _write_weights(path: Path, v: _Variables, plan: list, config: ElmoConfig) ->
                 if name == CHAR_EMBED and value.shape[0] == shape[0] + 1:
                     value = value[1:]  # the graph's padding row 0; the file starts at id 1
             else:
-                value = _identity_fill(name, shape, config)
+                filled = _identity_fill(name, shape, config)
+                assert filled is not None  # the plan only leaves out what can be filled
+                value = filled
             value = np.asarray(value, dtype=np.float32)
             if not np.isfinite(value).all():
                 raise ConvertError(f"{v.where(name)}: contains NaN or infinite values")

@@ -135,7 +135,7 @@ def embed(
             "wrap a single sentence in a list"
         )
     sentences = list(sentences)
-    arrays = embed_iter(module, sentences, layers, batch_size)
+    arrays: Iterable[np.ndarray] = embed_iter(module, sentences, layers, batch_size)
     if progress:
         from tqdm.auto import tqdm
 

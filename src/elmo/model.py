@@ -302,6 +302,8 @@ class ElmoBiLM(nn.Module):
     rows are batch padding) and adds ``<S>``/``</S>`` around each sentence itself.
     """
 
+    _marker_ids: Tensor  # buffer: the character ids of <S> and </S>
+
     def __init__(self, config: ElmoConfig) -> None:
         super().__init__()
         self.config = config

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from elmo import embedder
 from elmo.chars import batch_to_char_ids
-from elmo.choices import Layers, Precision
+from elmo.choices import FileLayers, Layers, Precision
 from elmo.config import ElmoConfig
 from elmo.engine import DEFAULT_CACHE_SIZE, FastBiLM
 from elmo.inputs import padded_width, split_sentences, tokens_to_lists
@@ -261,7 +261,7 @@ class ElmoModule(nn.Module):
         self,
         input_path: str | os.PathLike[str],
         output_path: str | os.PathLike[str],
-        layers: str = "all",
+        layers: FileLayers = "all",
         batch_size: int = 64,
         **options: Any,
     ) -> dict:

@@ -229,6 +229,7 @@ def _fields(buf: bytes, what: str) -> Iterator[tuple[int, int, int | bytes]]:
     while pos < len(buf):
         key, pos = _varint(buf, pos, what)
         number, wire = key >> 3, key & 7
+        value: int | bytes
         if wire == 0:
             value, pos = _varint(buf, pos, what)
         elif wire == 1:
@@ -334,7 +335,8 @@ def _parse_shape(value: bytes, what: str) -> tuple[int, ...]:
 
 
 def _parse_entry(name: str, value: bytes, what: str) -> TensorEntry:
-    dtype_code, shape, masked_crc, n_slices = 0, (), None, 0
+    dtype_code, masked_crc, n_slices = 0, None, 0
+    shape: tuple[int, ...] = ()
     ints = {3: 0, 4: 0, 5: 0}  # shard_id, offset, size
     for number, _, v in _fields(value, what):
         if number == 1:

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from elmo.commands._model import add_engine_args, add_model_args, load_model
 from elmo.embedfile import FILE_LAYERS, EmbedJob, Progress, embed_file
@@ -113,7 +114,7 @@ class _Reporter:
 
     def __init__(self, quiet: bool, interval: float) -> None:
         self.quiet, self.interval = quiet, interval
-        self.bar = None
+        self.bar: Any = None
         self.lines = self.tokens = 0
         self.total: int | None = None
         self.t0 = self.last = time.monotonic()

@@ -5,8 +5,8 @@ is tested against) and is what :class:`elmo.ElmoModule` runs by default for infe
 (``engine="auto"``). See :mod:`elmo.engine.bilm` for what it does differently.
 """
 
-from elmo.engine.bilm import DEFAULT_CACHE_SIZE, ENGINES, FastBiLM, engine_for
+from elmo.engine.bilm import DEFAULT_CACHE_SIZE, FastBiLM
 from elmo.engine.cache import TokenCache
 from elmo.engine.precision import PRECISIONS
 
-__all__ = ["DEFAULT_CACHE_SIZE", "ENGINES", "PRECISIONS", "FastBiLM", "TokenCache", "engine_for"]
+__all__ = ["DEFAULT_CACHE_SIZE", "PRECISIONS", "FastBiLM", "TokenCache"]

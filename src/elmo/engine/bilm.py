@@ -22,6 +22,7 @@ Where the time goes, and what is done about it:
 from __future__ import annotations
 
 import warnings
+from typing import cast
 
 import numpy as np
 import torch
@@ -31,15 +32,13 @@ from elmo.engine.cache import TokenCache
 from elmo.engine.encoder import FastTokenEncoder
 from elmo.engine.precision import PRECISIONS, activation_dtype, native_bfloat16
 from elmo.engine.recurrent import LayerWeights, PackedBatch, run_layer
-from elmo.model import BiLMOutput, ElmoBiLM, LayerState, has_skip_connection
+from elmo.model import BiLMOutput, ElmoBiLM, LayerState, LSTMLayer, has_skip_connection
 
 __all__ = ["DEFAULT_CACHE_SIZE", "FastBiLM"]
 
 # Distinct tokens kept by default: 32,768 rows of P floats (64 MB for the original model,
 # 16 MB for the small one). Covers the frequent vocabulary of most corpora.
 DEFAULT_CACHE_SIZE = 32768
-# Values of the ``engine`` option of :func:`elmo.load` and :class:`elmo.ElmoModule`.
-ENGINES = ("auto", "fast", "plain")
 
 
 class _Weights:
@@ -48,30 +47,9 @@ class _Weights:
     def __init__(self, plain: ElmoBiLM, precision: str) -> None:
         self.encoder = FastTokenEncoder(plain.token_encoder, precision)
         self.layers = [
-            LayerWeights(f, b, precision) for f, b in zip(plain.forward_layers, plain.backward_layers)
+            LayerWeights(cast(LSTMLayer, f), cast(LSTMLayer, b), precision)
+            for f, b in zip(plain.forward_layers, plain.backward_layers)
         ]
-
-
-def engine_for(
-    bilm: ElmoBiLM, engine: str = "auto", dtype: str = "float32", cache_size: int = DEFAULT_CACHE_SIZE
-) -> FastBiLM | None:
-    """The fast engine for ``bilm`` as the ``engine``/``dtype`` options ask (None: plain).
-
-    ``engine``: ``"auto"`` or ``"fast"`` (a :class:`FastBiLM`; callers run the plain model
-    anyway while gradients must flow into the biLM) or ``"plain"``. Invalid combinations
-    raise ``ValueError`` naming the option.
-    """
-    if engine not in ENGINES:
-        raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, found {engine!r}")
-    if dtype not in PRECISIONS:
-        raise ValueError(f"dtype: expected one of {', '.join(PRECISIONS)}, found {dtype!r}")
-    if engine == "plain":
-        if dtype != "float32":
-            raise ValueError(f"dtype={dtype!r} needs the fast engine; the plain model computes in float32")
-        return None
-    if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
-        raise ValueError(f"cache_size: expected an int >= 0, found {cache_size!r}")
-    return FastBiLM(bilm, dtype, cache_size)
 
 
 class FastBiLM:

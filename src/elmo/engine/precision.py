@@ -31,10 +31,12 @@ import functools
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from elmo.choices import PRECISIONS
 from elmo.model import MIN_ROWS
 
 __all__ = [
@@ -50,7 +52,6 @@ __all__ = [
     "pad_rows",
 ]
 
-PRECISIONS = ("float32", "bfloat16", "int8")
 
 # Whether CPU products in float32 and bfloat16 run as oneDNN inner products on reordered
 # weights (see the module docstring). Set to False to use torch.addmm everywhere (what
@@ -171,8 +172,9 @@ class Linear:
         self.precision = precision
         self.in_features, self.out_features = weight.shape
         self.backend = "torch"
-        self._packed = None
-        self.weight = self.bias = None
+        self._packed: Any = None  # int8: the prepacked quantized weight
+        self.weight: Tensor | None = None
+        self.bias: Tensor | None = None
         weight = weight.detach()
         if precision == "int8":
             if weight.device.type != "cpu":
@@ -212,6 +214,7 @@ class Linear:
             _counter.flops += 2 * x.shape[0] * self.in_features * self.out_features
         if self.backend == "int8":
             return torch.ops.quantized.linear_dynamic(x.float().contiguous(), self._packed, _reduce_range())
+        assert self.weight is not None  # every backend but int8 has one
         x = x.to(self.weight.dtype)
         if self.backend == "onednn":
             return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.weight, self.bias, "none", [], "")

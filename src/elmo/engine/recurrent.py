@@ -153,9 +153,14 @@ class LayerWeights:
             biases.append(torch.cat([bias[b] for b in blocks[:3]] + [scale * bias[blocks[3]]]))
             projections.append(layer.projection.detach())
         self.paired = backend_for(precision, forward.kernel.device) == "torch"
+        # Either both directions in one batched product (paired) or one product each.
+        self._pair_gates: PairLinear | None = None
+        self._pair_projection: PairLinear | None = None
+        self._gates: list[Linear] = []
+        self._projection: list[Linear] = []
         if self.paired:
-            self._gates = PairLinear((kernels[0], kernels[1]), (biases[0], biases[1]), precision)
-            self._projection = PairLinear((projections[0], projections[1]), None, precision)
+            self._pair_gates = PairLinear((kernels[0], kernels[1]), (biases[0], biases[1]), precision)
+            self._pair_projection = PairLinear((projections[0], projections[1]), None, precision)
             self.groups = [slice(0, 2)]
         else:
             self._gates = [Linear(k, b, precision) for k, b in zip(kernels, biases)]
@@ -164,18 +169,18 @@ class LayerWeights:
 
     @property
     def backend(self) -> str:
-        return self._gates.backend if self.paired else self._gates[0].backend
+        return self._pair_gates.backend if self._pair_gates is not None else self._gates[0].backend
 
     def gates(self, group: int, xh: Tensor) -> Tensor:
         """Gate pre-activations ``[D, rows, 4H]`` for ``xh`` ``[D, rows, in + P]`` of ``groups[group]``."""
-        if self.paired:
-            return self._gates(xh)
+        if self._pair_gates is not None:
+            return self._pair_gates(xh)
         return self._gates[group](xh[0]).unsqueeze(0)
 
     def projection(self, group: int, m: Tensor) -> Tensor:
         """Outputs ``[D, rows, P]`` for ``m`` ``[D, rows, H]`` of ``groups[group]``."""
-        if self.paired:
-            return self._projection(m)
+        if self._pair_projection is not None:
+            return self._pair_projection(m)
         return self._projection[group](m[0]).unsqueeze(0)
 
 

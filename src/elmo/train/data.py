@@ -268,7 +268,7 @@ class _RowStreams:
                 a = cur.offset
                 block.inputs[i, pos : pos + n] = cur.ids[a : a + n]
                 block.targets[i, pos : pos + n] = cur.ids[a + 1 : a + n + 1]
-                if block.chars is not None:
+                if block.chars is not None and cur.chars is not None:
                     block.chars[i, pos : pos + n] = cur.chars[a : a + n]
                 block.mask[i, pos : pos + n] = True
                 cur.offset += n

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ def _training_char_ids(tokens: list[str], max_chars: int) -> list[tuple[int, ...
 
 def _positions(
     vocab: Vocabulary, sentences: Iterable[list[str]], bos: str, eos: str
-) -> Iterator[tuple[tuple[str, int, str, int]]]:
+) -> Iterator[tuple[tuple[str, int, str, int], ...]]:
     """Per sentence, the (input token, target id) pairs of both directions."""
     for tokens in sentences:
         fwd = vocab.encode(tokens)
@@ -91,7 +92,7 @@ def perplexity(
     sentences: Iterable[list[str]],
     chunk_tokens: int = 256,
     keep_token_losses: bool = False,
-    progress: object | None = None,
+    progress: Any = None,
 ) -> PerplexityResult:
     """Full-softmax perplexity of ``sentences`` read as one continuous stream.
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -111,7 +112,7 @@ class TrainingBiLM(nn.Module):
             s = state[k]
             h0, c0 = (s.backward_h, s.backward_c) if backward else (s.forward_h, s.forward_c)
             x_in = self._drop(x)
-            out, h, c = run_lstm(layer, x_in, h0, c0)
+            out, h, c = run_lstm(cast(LSTMLayer, layer), x_in, h0, c0)
             if has_skip_connection(self.config.lstm, k):
                 out = out + x_in  # the dropped input, as bilm-tf adds it
             final.append((h, c))

@@ -351,7 +351,7 @@ class SoftmaxHead(nn.Module):
     def sampled_loss(self, h: Tensor, targets: Tensor, draw: SampledCandidates) -> Tensor:
         """Per-row sampled-softmax loss [N] of ``h`` [N, D] for one sampler draw."""
         draw = draw.to(h.device)
-        return sampled_softmax_loss(
+        loss = sampled_softmax_loss(
             h,
             self.weight,
             self.bias,
@@ -360,6 +360,8 @@ class SoftmaxHead(nn.Module):
             draw.true_expected_count(targets),
             draw.expected_count,
         )
+        assert isinstance(loss, Tensor)  # without return_logits: the loss alone
+        return loss
 
     def full_loss(self, h: Tensor, targets: Tensor, reduction: str = "none") -> Tensor:
         """Full-softmax cross-entropy of ``h`` [N, D] (per row by default)."""

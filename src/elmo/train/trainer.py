@@ -403,6 +403,7 @@ class Trainer:
     def checkpoint(self) -> Checkpoint:
         """The run's current state (collective: every rank must call it)."""
         per_partition = self.global_rows // self.partitions
+        assert self.state is not None  # made when the run starts
         local = {}
         for i, p in enumerate(self.my_partitions):
             rows = slice(i * per_partition, (i + 1) * per_partition)
@@ -510,7 +511,7 @@ class _StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
-        self._old: dict[int, object] = {}
+        self._old: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
