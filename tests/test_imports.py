@@ -182,3 +182,53 @@ def test_strongly_connected_components_finds_cycles():
     toy = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e"}}
     assert sorted(map(sorted, _cycles(toy))) == [["a", "b", "c"]]
     assert sorted(map(sorted, strongly_connected_components(toy))) == [["a", "b", "c"], ["d"], ["e"]]
+
+
+# The layers of docs/ARCHITECTURE.md, lowest first: a module imports only from its own
+# layer or lower ones. A package name covers its submodules.
+LAYERS = [
+    [
+        "elmo.errors",
+        "elmo.choices",
+        "elmo.atomic",
+        "elmo.chars",
+        "elmo.config",
+        "elmo.names",
+        "elmo.default_model",
+    ],
+    ["elmo.model", "elmo.mix", "elmo.weights", "elmo.tfcheckpoint", "elmo.inputs", "elmo.testing"],
+    ["elmo.engine"],
+    ["elmo.runner", "elmo.download", "elmo.resolve", "elmo.convert"],
+    ["elmo.train"],
+    [
+        "elmo.module",
+        "elmo.embedder",
+        "elmo.embedfile",
+        "elmo.loading",
+        "elmo.allennlp",
+        "elmo.vocab_embeddings",
+        "elmo",
+    ],
+    ["elmo.commands", "elmo.cli", "elmo.__main__"],
+]
+
+
+def _layer(module: str) -> int | None:
+    best: tuple[int, int] | None = None
+    for index, names in enumerate(LAYERS):
+        for name in names:
+            covers = module == name or module.startswith(name + ".")
+            if covers and (best is None or len(name) > best[1]):
+                best = (index, len(name))
+    return None if best is None else best[0]
+
+
+def test_no_import_cycles_anywhere(graph):
+    assert not _cycles(graph), f"import cycles: {_cycles(graph)}"
+
+
+def test_nothing_imports_upward(graph):
+    unplaced = sorted(m for m in graph if _layer(m) is None)
+    assert not unplaced, f"modules in no layer of docs/ARCHITECTURE.md (add them to LAYERS): {unplaced}"
+    upward = sorted((m, d) for m, deps in graph.items() for d in deps if (_layer(d) or 0) > (_layer(m) or 0))
+    assert not upward, f"imports from a higher layer: {upward}"
