@@ -23,10 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from elmo.chars import token_to_char_ids
 from elmo.model import LayerState
 from elmo.train.lm import TrainingBiLM
-from elmo.train.vocab import Vocabulary
+from elmo.train.vocab import Vocabulary, word_to_char_ids
 
 __all__ = ["PerplexityResult", "perplexity", "sentence_log_probs"]
 
@@ -55,8 +54,7 @@ class PerplexityResult:
 
 
 def _training_char_ids(tokens: list[str], max_chars: int) -> list[tuple[int, ...]]:
-    # Training ids are the inference ids without the +1 padding shift.
-    return [tuple(c - 1 for c in token_to_char_ids(t, max_chars)) for t in tokens]
+    return [word_to_char_ids(t, max_chars) for t in tokens]
 
 
 def _positions(

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from elmo.atomic import write_text_atomic
-from elmo.chars import BOS_CHAR, BOS_TOKEN, BOW_CHAR, EOS_CHAR, EOS_TOKEN, EOW_CHAR, PAD_CHAR
+from elmo.chars import BOS_TOKEN, EOS_TOKEN, token_to_char_ids
 from elmo.errors import DataError, VocabularyError
 from elmo.train.text import iter_lines
 
@@ -54,12 +54,6 @@ MAXTERMID = "!!!MAXTERMID"
 
 
 # --------------------------------------------------------------------------- chars
-def _marker_row(marker: int, max_chars: int) -> tuple[int, ...]:
-    row = [PAD_CHAR] * max_chars
-    row[0], row[1], row[2] = BOW_CHAR, marker, EOW_CHAR
-    return tuple(row)
-
-
 # Bounded: a long run meets millions of distinct (mostly rare) tokens; each entry is a
 # tuple of max_chars ints, so 2**17 entries stay well under 100 MB at 50 chars.
 @lru_cache(maxsize=2**17)
@@ -75,17 +69,8 @@ def word_to_char_ids(word: str, max_chars: int = 50) -> tuple[int, ...]:
     """
     if max_chars < 3:
         raise ValueError(f"max_chars must be at least 3 (begin, one char, end of word), found {max_chars}")
-    if word == BOS_TOKEN:
-        return _marker_row(BOS_CHAR, max_chars)
-    if word == EOS_TOKEN:
-        return _marker_row(EOS_CHAR, max_chars)
-    # "ignore" only drops lone surrogates, which UTF-8 cannot encode (as bilm-tf).
-    data = word.encode("utf-8", "ignore")[: max_chars - 2]
-    row = [PAD_CHAR] * max_chars
-    row[0] = BOW_CHAR
-    row[1 : len(data) + 1] = data
-    row[len(data) + 1] = EOW_CHAR
-    return tuple(row)
+    # The inference ids of elmo.chars, one lower: one spelling rule for both.
+    return tuple(c - 1 for c in token_to_char_ids(word, max_chars))
 
 
 # --------------------------------------------------------------------------- vocabulary
