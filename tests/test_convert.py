@@ -417,3 +417,84 @@ def test_two_spellings_of_one_weight(tmp_path):
     src = _write_bilm_tf(tmp_path / "ckpt", variables, _run_options())
     with pytest.raises(ConvertError, match=r"both map to 'RNN_0/RNN/MultiRNNCell/Cell0/LSTMCell/B'"):
         convert(src, tmp_path / "out")
+
+
+# --------------------------------------------------------------------------- hub layer mix
+
+
+def _expected_elmo(model, sentences, weights, gamma):
+    """gamma * sum_k softmax(weights)_k * layer_k of a model's own layers."""
+    with torch.no_grad():
+        out = model(sentences)
+    s = torch.softmax(torch.tensor(weights, dtype=torch.float64), 0).float()
+    word = torch.cat([out["word_emb"], out["word_emb"]], dim=-1)
+    return gamma * (s[0] * word + s[1] * out["lstm_outputs1"] + s[2] * out["lstm_outputs2"])
+
+
+@needs_generated
+def test_a_converted_module_applies_its_layer_mix(tmp_path):
+    """elmo.load of the converted directory, and of the module itself, mixes as the hub did."""
+    module = _write_hub_module(tmp_path / "module", "run_small_sampled")
+    convert(module, tmp_path / "out", options=RUN_OPTIONS)
+    sentences = ["the cat sat", "hello"]
+    for source in (tmp_path / "out", module):
+        m = elmo.load(source, engine="plain")
+        assert m.mix.weights.tolist() == [0.5, -1.0, 2.0] and m.mix.gamma.item() == 1.25
+        with torch.no_grad():
+            got = m(sentences)["elmo"]
+        want = _expected_elmo(m, sentences, [0.5, -1.0, 2.0], 1.25)
+        assert (got - want).abs().max() <= 1e-5
+    # without the mix file: the equal mix the hub module starts from
+    (tmp_path / "out" / "hub_mix.json").unlink()
+    plain = elmo.load(tmp_path / "out")
+    assert plain.mix.weights.tolist() == [0.0, 0.0, 0.0] and plain.mix.gamma.item() == 1.0
+
+
+@needs_generated
+def test_mix_variables_under_other_exporters_names(tmp_path):
+    variables = {}
+    for name, value in _datasets(GENERATED / "run_small_sampled" / "weights.hdf5").items():
+        variables["lm/" + name] = value
+    variables["lm/elmo_output_ELMo_W"] = np.array([1.0, 0.0, -1.0], np.float32)
+    variables["lm/elmo_output_ELMo_gamma"] = np.array([0.5], np.float32)
+    (tmp_path / "module" / "variables").mkdir(parents=True)
+    (tmp_path / "module" / "tfhub_module.pb").write_bytes(b"\x08\x03")
+    write_checkpoint(tmp_path / "module" / "variables" / "variables", variables)
+    result = convert(tmp_path / "module", tmp_path / "out", options=RUN_OPTIONS)
+    assert result.mix is not None and result.mix["gamma"] == 0.5
+    assert result.mix["variables"] == {
+        "weights": "lm/elmo_output_ELMo_W",
+        "scaling": "lm/elmo_output_ELMo_gamma",
+    }
+    assert elmo.load(tmp_path / "out").mix.weights.tolist() == [1.0, 0.0, -1.0]
+
+    # two mixes (a task model's input and output ones): reported, none applied
+    variables["lm/elmo_input_ELMo_W"] = np.array([0.0, 1.0, 0.0], np.float32)
+    (tmp_path / "two" / "variables").mkdir(parents=True)
+    write_checkpoint(tmp_path / "two" / "variables" / "variables", variables)
+    (tmp_path / "two" / "tfhub_module.pb").write_bytes(b"\x08\x03")
+    result = convert(tmp_path / "two", tmp_path / "out2", options=RUN_OPTIONS)
+    assert result.mix is not None and len(result.mix["candidates"]) == 2
+    assert elmo.load(tmp_path / "out2").mix.weights.tolist() == [0.0, 0.0, 0.0]
+
+
+@needs_generated
+def test_options_a_checkpoint_cannot_show(tmp_path, capsys):
+    module = _write_hub_module(tmp_path / "module", "run_small_sampled")
+    result = convert(module, tmp_path / "out")
+    assert result.assumed == [
+        "lstm.cell_clip=3",
+        "lstm.proj_clip=3",
+        "lstm.use_skip_connections=true",
+        'char_cnn.activation="relu"',
+        "char_cnn.max_characters_per_token=50",
+        "char_cnn.n_characters=262",
+    ]
+    flags = ["--activation", "tanh", "--max-characters-per-token", "10", "--no-skip-connections"]
+    flags += ["--cell-clip", "3", "--proj-clip", "3"]
+    assert run(_args(str(module), "-o", str(tmp_path / "flags"), *flags)) == 0
+    err = capsys.readouterr().err
+    assert "assumed char_cnn.n_characters=262" in err and "applied by elmo.load" in err
+    options = json.loads((tmp_path / "flags" / "options.json").read_text())
+    assert options["char_cnn"]["activation"] == "tanh" and options["lstm"]["use_skip_connections"] is False
+    _assert_lm_outputs_match(tmp_path / "flags", "run_small_sampled")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,8 @@ class ConversionResult:
     ignored: list[str] = field(default_factory=list)  # checkpoint variables not converted
     filled: list[str] = field(default_factory=list)  # datasets absent from the checkpoint (identity)
     mix: dict[str, Any] | None = None
+    # options the checkpoint cannot show, taken from the released models ("key=value")
+    assumed: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- names
@@ -223,6 +226,17 @@ def _infer(shapes: Mapping[str, tuple[int, ...]], where: Any, overrides: Mapping
     return _merge(_merge(base, HUB_DEFAULTS), overrides)
 
 
+def _assumed(overrides: Mapping[str, Any]) -> list[str]:
+    """The ``HUB_DEFAULTS`` that ``overrides`` leave in place, as ``section.key=value``."""
+    out = []
+    for section, values in HUB_DEFAULTS.items():
+        given = overrides.get(section, {})
+        for key, value in values.items():
+            if not (isinstance(given, Mapping) and key in given):
+                out.append(f"{section}.{key}={json.dumps(value)}")
+    return out
+
+
 def _infer_from(v: _Variables, overrides: Mapping[str, Any]) -> dict[str, Any]:
     return _infer(v.shapes, lambda name: f"{v.where(name)}: " if name else f"{v.reader.prefix}: ", overrides)
 
@@ -311,24 +325,48 @@ def _write_weights(path: Path, v: _Variables, plan: list, config: ElmoConfig) ->
             h5.create_dataset(name, data=value)
 
 
+# A layer mix's two variables under the names exporters give them: the TF Hub module's
+# (``aggregation/weights`` and ``aggregation/scaling``) and bilm-tf's ``weight_layers``
+# (``NAME_ELMo_W`` and ``NAME_ELMo_gamma``, e.g. ``elmo_output_ELMo_W``).
+_MIX_NAMES = (
+    re.compile(r"^(?P<scope>(?:.*/)?aggregation/)(?P<part>weights|scaling)(?::0)?$"),
+    re.compile(r"^(?P<scope>(?:.*/)?[^/]*_ELMo_)(?P<part>W|gamma)(?::0)?$"),
+)
+
+
 def _mix(reader: CheckpointReader) -> dict[str, Any] | None:
-    """The hub module's learned layer mix (``aggregation/weights``, ``aggregation/scaling``)."""
-    found = {}
+    """The learned layer mix of the checkpoint, if it has exactly one.
+
+    How the module uses it: bilm-tf's ``weight_layers`` (``bilm/elmo.py``), which the TF Hub
+    ``elmo`` module's graph was exported from, computes ``gamma * sum_k s_k * layer_k`` with
+    ``s = softmax(W + 1 / L)`` over the L layers (layer 0 the token representation, doubled);
+    adding a constant to every ``W`` does not change a softmax, so ``s = softmax(W)``, which
+    is what :class:`elmo.mix.ScalarMix` computes from the raw ``weights`` kept here. Several
+    mixes (a task model's input and output mixes) are listed under ``"candidates"`` and
+    none is applied.
+    """
+    found: dict[str, dict[str, str]] = {}
     for tf_name in reader.entries:
-        for key in ("weights", "scaling"):
-            if tf_name == f"aggregation/{key}" or tf_name.endswith(f"/aggregation/{key}"):
-                found[key] = tf_name
-    if "weights" not in found:
+        for pattern in _MIX_NAMES:
+            m = pattern.match(tf_name)
+            if m:
+                part = "weights" if m["part"] in ("weights", "W") else "scaling"
+                found.setdefault(m["scope"], {})[part] = tf_name
+    mixes = {scope: names for scope, names in found.items() if "weights" in names}
+    if not mixes:
         return None
-    raw = reader.read(found["weights"]).astype(np.float64).reshape(-1)
+    if len(mixes) > 1:
+        return {"candidates": [names for _, names in sorted(mixes.items())]}
+    names = next(iter(mixes.values()))
+    raw = reader.read(names["weights"]).astype(np.float64).reshape(-1)
     soft = np.exp(raw - raw.max())
     mix: dict[str, Any] = {
         "weights": raw.tolist(),
         "normalized_weights": (soft / soft.sum()).tolist(),
-        "variables": found,
+        "variables": names,
     }
-    if "scaling" in found:
-        mix["gamma"] = float(reader.read(found["scaling"]).reshape(-1)[0])
+    if "scaling" in names:
+        mix["gamma"] = float(reader.read(names["scaling"]).reshape(-1)[0])
     return mix
 
 
@@ -354,6 +392,11 @@ def _write(
     out_dir: Path, v: _Variables, config: ElmoConfig, fmt: str, overwrite: bool, mix: dict | None
 ) -> ConversionResult:
     prefix = v.reader.prefix
+    if mix is not None and len(mix.get("weights", ())) not in (0, config.lstm.n_layers + 1):
+        raise ConvertError(
+            f"{prefix}: the layer mix {mix['variables']['weights']} has {len(mix['weights'])} weights, "
+            f"expected {config.lstm.n_layers + 1} (one per layer)"
+        )
     _check_output(out_dir, overwrite, prefix.parent)
     plan, filled = _plan(v, config)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -417,15 +460,20 @@ def convert_hub_module(
 
     ``src`` is the module directory (``variables/variables.index``) or a checkpoint
     prefix. Options are inferred from the shapes (see :func:`infer_options`), with
-    ``options`` (a dict or a JSON file) merged over them. The module's layer mix, if
-    present, is written to ``hub_mix.json`` (raw and softmax-normalized weights, gamma).
+    ``options`` (a dict or a JSON file) merged over them; ``result.assumed`` lists the
+    released models' values taken for what the shapes cannot show. The module's layer mix,
+    if present (see :func:`_mix`), is written to ``hub_mix.json`` (raw and
+    softmax-normalized weights, gamma), which :func:`elmo.load` applies.
     """
     src = Path(src)
     reader = CheckpointReader(src)
     v = _collect(reader)
-    data = _infer_from(v, _overrides(options))
+    overrides = _overrides(options)
+    data = _infer_from(v, overrides)
     config = _config(data, f"{reader.prefix} (options inferred from the shapes)")
-    return _write(Path(out_dir), v, config, "hub", overwrite, _mix(reader))
+    result = _write(Path(out_dir), v, config, "hub", overwrite, _mix(reader))
+    result.assumed = _assumed(overrides)
+    return result
 
 
 def detect_format(src: PathLike) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -10,6 +11,7 @@ import torch
 
 from elmo.config import ElmoConfig
 from elmo.engine import DEFAULT_CACHE_SIZE
+from elmo.errors import ConfigError
 from elmo.model import ElmoBiLM
 from elmo.module import ElmoModule
 from elmo.resolve import ModelFiles, find_model_files, resolve
@@ -42,23 +44,55 @@ def load_bilm(
 
 def load_bilm_files(files: ModelFiles, device: str | torch.device | None = None) -> ElmoBiLM:
     """The plain biLM of resolved model files, whatever their format."""
+    return _read_model(files, device)[0]
+
+
+def _read_model(files: ModelFiles, device: str | torch.device | None) -> tuple[ElmoBiLM, dict | None]:
+    """The plain biLM and the layer mix stored with it (a converted TF Hub module's), if any."""
     if files.format == "hdf5":
         assert files.options is not None
-        return load_bilm(files.options, files.weights, device)
+        return load_bilm(files.options, files.weights, device), _read_mix(files.mix)
     if files.format == "hub":
-        from elmo.convert import convert_hub_module
+        from elmo.convert import MIX_FILE, convert_hub_module
 
         # The module's variables, in the released layout, through a temporary directory.
         with tempfile.TemporaryDirectory(prefix="elmo-hub-") as tmp:
             out = Path(tmp) / "model"
             convert_hub_module(files.weights, out)
-            return load_bilm(out / "options.json", out / "weights.hdf5", device)
+            bilm = load_bilm(out / "options.json", out / "weights.hdf5", device)
+            mix = out / MIX_FILE
+            return bilm, _read_mix(mix if mix.is_file() else None)
     from elmo.train.models import load_language_model
 
     bilm = load_language_model(files).model.encoder
     if device is not None:
         bilm.to(device)
-    return bilm.eval()
+    return bilm.eval(), None
+
+
+def _read_mix(path: Path | None) -> dict | None:
+    """A layer mix written by :mod:`elmo.convert` (None: none, or several to choose from)."""
+    if path is None:
+        return None
+    try:
+        mix = json.loads(path.read_text(encoding="utf-8"))
+        weights = [float(w) for w in mix["weights"]] if "weights" in mix else None
+        gamma = float(mix.get("gamma", 1.0))
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{path}: not a layer mix written by elmo convert ({e})") from None
+    return None if weights is None else {"weights": weights, "gamma": gamma, "path": path}
+
+
+def _apply_mix(module: ElmoModule, mix: dict) -> None:
+    """Start the module's mix at the converted module's learned one (weights before the
+    softmax, and the scale)."""
+    if len(mix["weights"]) != module.mix.weights.numel():
+        raise ConfigError(
+            f"{mix['path']}: {len(mix['weights'])} layer weights, expected {module.mix.weights.numel()}"
+        )
+    with torch.no_grad():
+        module.mix.weights.copy_(torch.tensor(mix["weights"]))
+        module.mix.gamma.fill_(mix["gamma"])
 
 
 def load(
@@ -81,6 +115,8 @@ def load(
     :mod:`elmo.download`); ``load("options.json", "weights.hdf5")`` (paths or URLs);
     ``load("model_dir")`` for a directory holding both; also a training run directory,
     a bilm-tf checkpoint directory or a TF Hub module directory (see :mod:`elmo.resolve`).
+    A TF Hub module's learned layer mix (kept as ``hub_mix.json`` by ``elmo convert``)
+    is the module's mix, so its ``elmo`` output is the hub module's.
     ``stateful=True`` carries LSTM state between calls (reproducing AllenNLP and
     bilm-tf); ``finetune=True`` makes the whole biLM trainable.
 
@@ -93,8 +129,10 @@ def load(
     a terminal, ``False``: silent).
     """
     options_of_engine = EngineOptions.from_keywords(engine, precision, cache_size, dtype=dtype)
-    bilm = load_bilm_files(resolve(options, weights, progress=progress), device)
+    bilm, mix = _read_model(resolve(options, weights, progress=progress), device)
     module = ElmoModule(bilm, stateful=stateful, finetune=finetune, engine_options=options_of_engine)
+    if mix is not None:
+        _apply_mix(module, mix)
     if device is not None:
         module.to(device)
     return module.eval()

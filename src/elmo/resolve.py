@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from elmo.convert import MIX_FILE
 from elmo.default_model import DEFAULT_MODEL_NAME, default_model_dir
 from elmo.download import download_model, download_urls, is_model_name, is_url, not_found_message
 
@@ -60,6 +61,7 @@ class ModelFiles:
     vocab: Path | None = None
     format: ModelFormat = "hdf5"
     source: str = ""
+    mix: Path | None = None  # a converted TF Hub module's layer mix (hub_mix.json)
 
 
 def find_model_files(directory: PathLike) -> tuple[Path, Path]:
@@ -106,7 +108,8 @@ def _directory(path: Path, source: str) -> ModelFiles:
             f"{e}; not a model: nor {RUN_CHECKPOINT} (a training run), a bilm-tf '{TF_STATE}' state file "
             "or a TF Hub module"
         ) from None
-    return ModelFiles(options, weights, _beside(path, LM_HEAD), _beside(path, VOCAB), "hdf5", source)
+    mix = _beside(path, MIX_FILE)
+    return ModelFiles(options, weights, _beside(path, LM_HEAD), _beside(path, VOCAB), "hdf5", source, mix)
 
 
 def _run(checkpoint: Path, source: str) -> ModelFiles:

@@ -35,6 +35,34 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="options merged over the found or inferred ones: a JSON object or a JSON file, "
         'e.g. \'{"char_cnn": {"activation": "tanh"}}\'',
     )
+    g = parser.add_argument_group(
+        "what a checkpoint cannot show",
+        "options the variables' shapes do not tell; a TF Hub module is given the released models' "
+        "values unless these say otherwise (the command names the values it assumed)",
+    )
+    g.add_argument(
+        "--activation", choices=("relu", "tanh"), help="the char CNN's activation (released: relu)"
+    )
+    g.add_argument("--cell-clip", type=float, metavar="X", help="the LSTM cell clip (released: 3)")
+    g.add_argument("--proj-clip", type=float, metavar="X", help="the LSTM projection clip (released: 3)")
+    g.add_argument(
+        "--max-characters-per-token", type=int, metavar="N", help="characters per token (released: 50)"
+    )
+    g.add_argument(
+        "--no-skip-connections",
+        action="store_true",
+        help="the LSTM has no skip connections (released: it has)",
+    )
+
+
+def _read_options_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConvertError(f"--options {path}: not a readable JSON file ({e})") from None
+    if not isinstance(data, dict):
+        raise ConvertError(f"--options {path}: expected a JSON object")
+    return data
 
 
 def _options(text: str | None) -> dict[str, Any] | Path | None:
@@ -49,17 +77,44 @@ def _options(text: str | None) -> dict[str, Any] | Path | None:
     return Path(text)
 
 
+def _flag_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given by the flags of the "what a checkpoint cannot show" group."""
+    lstm: dict[str, Any] = {}
+    cnn: dict[str, Any] = {}
+    if args.activation is not None:
+        cnn["activation"] = args.activation
+    if args.max_characters_per_token is not None:
+        cnn["max_characters_per_token"] = args.max_characters_per_token
+    for name in ("cell_clip", "proj_clip"):
+        if getattr(args, name) is not None:
+            lstm[name] = getattr(args, name)
+    if args.no_skip_connections:
+        lstm["use_skip_connections"] = False
+    return {k: v for k, v in (("lstm", lstm), ("char_cnn", cnn)) if v}
+
+
 def run(args: argparse.Namespace) -> int:
     """Convert; one line on standard error says what was written."""
-    result = convert(
-        args.src, args.output, format=args.format, options=_options(args.options), overwrite=args.overwrite
-    )
+    options = _options(args.options)
+    flags = _flag_options(args)
+    if flags:
+        base = _read_options_file(options) if isinstance(options, Path) else dict(options or {})
+        for section, values in flags.items():
+            base[section] = {**base.get(section, {}), **values}
+        options = base
+    result = convert(args.src, args.output, format=args.format, options=options, overwrite=args.overwrite)
     lstm, cnn = result.config.lstm, result.config.char_cnn
     notes = [f"{len(result.ignored)} variable(s) not converted"] if result.ignored else []
     if result.filled:
         notes.append(f"identity for {', '.join(result.filled)}")
-    if result.mix is not None:
-        notes.append(f"layer mix in {MIX_FILE}")
+    if result.mix is not None and "candidates" in result.mix:
+        notes.append(
+            f"{len(result.mix['candidates'])} layer mixes found, none applied (listed in {MIX_FILE})"
+        )
+    elif result.mix is not None:
+        notes.append(f"layer mix in {MIX_FILE}, applied by elmo.load")
+    if result.assumed:
+        notes.append(f"assumed {', '.join(result.assumed)}")
     print(
         f"elmo convert: wrote {result.out_dir} from {result.format} checkpoint {result.checkpoint} "
         f"(lstm {lstm.n_layers}x{lstm.dim}/{lstm.projection_dim}, {cnn.n_filters} filters, "
