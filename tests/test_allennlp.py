@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import h5py
@@ -11,7 +12,7 @@ import torch
 
 import elmo
 from conftest import ALLENNLP, REFERENCE, fixture_batches, reference_sentences, shared_path
-from elmo.allennlp import Elmo, ElmoEmbedder, batch_to_ids
+from elmo.allennlp import ConfigurationError, Elmo, ElmoEmbedder, batch_to_ids
 from elmo.chars import batch_to_char_ids
 from elmo.loading import load_bilm
 
@@ -465,22 +466,34 @@ def test_embed_file_keys_and_forgetting(embedder, text_file, tmp_path):
         assert not f.closed
     with h5py.File(tmp_path / "keys.hdf5", "r") as out:
         assert out["the cat"].shape == (2, 2 * P) and out["sat on / mat"].shape == (4, 2 * P)
-        assert json.loads(out["sentence_to_index"][0]) == {}
+        assert "sentence_to_index" not in out  # AllenNLP 0.9 writes none with sentence keys
 
 
-def test_embed_file_blank_lines_give_empty_entries(embedder, tmp_path):
+def test_embed_file_refuses_blank_lines_as_allennlp(embedder, tmp_path):
+    """AllenNLP 0.9 refuses a file with empty lines, naming their indexes, before embedding."""
     source = tmp_path / "blank.txt"
     source.write_text("one two\n\n   \nthree\n", encoding="utf-8")
-    embedder.embed_file(source, tmp_path / "out.hdf5")
-    out = _read(tmp_path / "out.hdf5")
-    assert [out[str(i)].shape[1] for i in range(4)] == [2, 0, 0, 1]
-    assert all(out[str(i)].shape == (3, out[str(i)].shape[1], 2 * P) for i in range(4))
-    assert json.loads(out["sentence_to_index"][0]) == {"one two": "0", "": "2", "three": "3"}
+    calls = []
+    embedder.embed_batch = lambda batch: calls.append(batch) or []
+    with pytest.raises(ConfigurationError, match=r"empty lines at indexes \[1, 2\]"):
+        embedder.embed_file(source, tmp_path / "out.hdf5")
+    with open(source, encoding="utf-8") as f, pytest.raises(ConfigurationError, match="empty lines"):
+        embedder.embed_file(f, tmp_path / "out.hdf5")
+    assert calls == [] and not (tmp_path / "out.hdf5").exists()
+    # a stream that cannot be read twice: refused at the first batch with a blank line
+    del embedder.embed_batch
+    stream = io.StringIO("one\ntwo\n\n")
+    stream.seekable = lambda: False  # type: ignore[method-assign]
+    with pytest.raises(ConfigurationError, match=r"indexes \[2\]"):
+        embedder.embed_file(stream, tmp_path / "out.hdf5", batch_size=2)
+    assert not (tmp_path / "out.hdf5").exists()
 
 
 def test_embed_file_failure_leaves_no_output(embedder, text_file, tmp_path):
     target = tmp_path / "out.hdf5"
-    with pytest.raises(ValueError, match="line 3: the sentence 'the cat sat' is already in the output"):
+    with pytest.raises(
+        ConfigurationError, match="line 3: the sentence 'the cat sat' is already in the output"
+    ):
         embedder.embed_file(text_file, target, use_sentence_keys=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input.txt"]
 
@@ -503,7 +516,7 @@ def test_embed_file_failure_leaves_no_output(embedder, text_file, tmp_path):
 def test_embed_file_bad_arguments(embedder, text_file, tmp_path):
     with pytest.raises(ValueError, match="output_format: expected one of 'all', 'top', 'average', found"):
         embedder.embed_file(text_file, tmp_path / "out.hdf5", "mean")
-    with pytest.raises(ValueError, match="with use_sentence_keys a blank line has no dataset name"):
+    with pytest.raises(ConfigurationError, match="empty lines"):
         source = tmp_path / "blank.txt"
         source.write_text("a\n\n", encoding="utf-8")
         embedder.embed_file(source, tmp_path / "out.hdf5", use_sentence_keys=True)
@@ -555,3 +568,18 @@ def test_all_sentences_empty(tiny_model_files, engine):
         assert got["default"].shape == (1, 32) and not got["default"].any()
     embedder = ElmoEmbedder(*tiny_model_files, engine=engine)
     assert [a.shape for a in embedder.embed_batch([[]])] == [(3, 0, 32)]
+
+
+def test_configuration_errors_are_catchable_as_in_allennlp(allennlp_model_files):
+    """The cases AllenNLP raises ConfigurationError for raise elmo.allennlp.ConfigurationError
+    (also a ValueError); a missing file is a FileNotFoundError."""
+    options, weights = allennlp_model_files
+    with pytest.raises(ConfigurationError, match="pass either module= or options_file"):
+        Elmo(options, weights, 1, module=elmo.load_bilm(options, weights))
+    with pytest.raises(ConfigurationError, match="scalar_mix_parameters: expected 3 values"):
+        Elmo(options, weights, 1, scalar_mix_parameters=[0.0, 1.0])
+    assert issubclass(ConfigurationError, ValueError)
+    with pytest.raises(FileNotFoundError, match="options file not found"):
+        Elmo(weights.parent / "missing.json", weights, 1)
+    with pytest.raises(FileNotFoundError, match="weight file not found"):
+        ElmoEmbedder(options, weights.parent / "missing.hdf5")

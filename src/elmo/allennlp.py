@@ -29,9 +29,10 @@ Differences, all deliberate:
 - ``batch_to_ids`` always returns ``[B, T, 50]`` (AllenNLP gives ``[1, 0]`` for ``[[]]``
   and fails on ``[]``) and rejects a sentence given as a string instead of a token list.
 - ``ElmoEmbedder()`` with no files uses the released original model as AllenNLP did,
-  downloaded once into this package's cache (see :mod:`elmo.download`); ``embed_file`` embeds
-  blank lines as zero-length entries instead of refusing the file, streams its input,
-  writes its output atomically and leaves a file object it is given open. An empty
+  downloaded once into this package's cache (see :mod:`elmo.download`); ``embed_file``
+  streams its input (refusing blank lines as AllenNLP does, before embedding where the
+  input can be read twice), writes its output atomically and leaves a file object it is
+  given open. An empty
   sentence gives ``[3, 0, 2P]`` (AllenNLP 0.9: ``[3, 0, 1024]`` whatever the model).
 - ``vocab_to_cache``: word indices are mapped to the words' character ids and run
   through the character encoder (the fast engine keeps its own cache of token
@@ -69,13 +70,14 @@ from elmo.atomic import atomic_path
 from elmo.chars import BOS_TOKEN, EOS_TOKEN, batch_to_char_ids, token_to_char_ids
 from elmo.config import ElmoConfig
 from elmo.engine import DEFAULT_CACHE_SIZE
+from elmo.errors import ConfigurationError
 from elmo.loading import load_bilm_files
 from elmo.mix import mix_layers
 from elmo.model import ElmoBiLM, LayerState, TokenEncoder, tokens_with_boundaries
 from elmo.resolve import resolve
 from elmo.runner import BiLMRunner, EngineOptions
 
-__all__ = ["DEFAULT_BATCH_SIZE", "Elmo", "ElmoEmbedder", "ScalarMix", "batch_to_ids"]
+__all__ = ["DEFAULT_BATCH_SIZE", "ConfigurationError", "Elmo", "ElmoEmbedder", "ScalarMix", "batch_to_ids"]
 
 PathLike = str | os.PathLike[str]
 
@@ -187,7 +189,7 @@ class ScalarMix(nn.Module):
             initial_scalar_parameters = [0.0] * mixture_size
         init = [float(w) for w in initial_scalar_parameters]
         if len(init) != mixture_size:
-            raise ValueError(
+            raise ConfigurationError(
                 f"initial_scalar_parameters: expected {mixture_size} values (one per layer), "
                 f"found {len(init)}"
             )
@@ -569,7 +571,7 @@ class Elmo(nn.Module):
             raise ValueError(f"num_output_representations: expected an int >= 0, found {n!r}")
         if module is not None:
             if options_file is not None or weight_file is not None:
-                raise ValueError(
+                raise ConfigurationError(
                     "Elmo: pass either module= or options_file and weight_file, not both "
                     "(use Elmo(None, None, n, module=...))"
                 )
@@ -602,7 +604,7 @@ class Elmo(nn.Module):
             )
         num_layers = self._elmo_lstm.num_layers
         if scalar_mix_parameters is not None and len(scalar_mix_parameters) != num_layers:
-            raise ValueError(
+            raise ConfigurationError(
                 f"scalar_mix_parameters: expected {num_layers} values (one per biLM layer), "
                 f"found {len(scalar_mix_parameters)}"
             )
@@ -868,12 +870,14 @@ class ElmoEmbedder:
         holds one JSON string mapping each line to its key (``{}`` with
         ``use_sentence_keys``, as in AllenNLP).
 
-        Unlike AllenNLP, a blank line is embedded as a zero-length entry (``[num_layers,
-        0, 2P]``) instead of refusing the file, except with ``use_sentence_keys`` where it
-        has no name. ``input_file`` is a path or an open text file (read line by line,
+        As in AllenNLP 0.9, a file with blank lines is refused (:class:`ConfigurationError`
+        naming their 0-based indexes), before anything is embedded where the input can be
+        read twice (a path, or a seekable file); a repeated line with ``use_sentence_keys``
+        is refused too. ``input_file`` is a path or an open text file (read line by line,
         never whole, and left open). The output is written to a temporary file beside
         ``output_file_path`` and renamed over it at the end, so an error or interruption
-        leaves any previous file untouched and never a partial one.
+        leaves any previous file untouched and never a partial one. (``elmo embed``, this
+        package's own command, embeds blank lines as zero-length entries instead.)
         """
         if output_format not in _OUTPUT_FORMATS:
             raise ValueError(
@@ -881,22 +885,21 @@ class ElmoEmbedder:
                 f"found {output_format!r}"
             )
         _check_batch_size(batch_size)
+        _refuse_blank_lines(input_file)
         with atomic_path(output_file_path) as tmp, _lines(input_file) as lines, h5py.File(tmp, "x") as fout:
             sentence_to_index: dict[str, str] = {}
             numbered = enumerate(line.strip() for line in lines)
             while group := list(itertools.islice(numbered, batch_size)):
+                blank = [index for index, sentence in group if not sentence]
+                if blank:  # an input that could not be scanned first
+                    raise ConfigurationError(f"the input contains empty lines at indexes {blank}")
                 embeddings = self.embed_batch([sentence.split() for _, sentence in group])
                 for (index, sentence), embedding in zip(group, embeddings):
                     key = sentence if use_sentence_keys else str(index)
                     if not forget_sentences and not use_sentence_keys:
                         sentence_to_index[sentence] = key
                     _write_entry(fout, key, _format(embedding, output_format), index, use_sentence_keys)
-            if not forget_sentences:
-                if _SENTENCE_TO_INDEX in fout:
-                    raise ValueError(
-                        f"a line reads {_SENTENCE_TO_INDEX!r}, the name of the index dataset; "
-                        "pass forget_sentences=True or do not use sentence keys"
-                    )
+            if not forget_sentences and not use_sentence_keys:
                 dataset = fout.create_dataset(_SENTENCE_TO_INDEX, (1,), dtype=h5py.string_dtype())
                 dataset[0] = json.dumps(sentence_to_index)
 
@@ -917,10 +920,8 @@ def _format(embedding: np.ndarray, output_format: str) -> np.ndarray:
 def _write_entry(fout: h5py.File, key: str, data: np.ndarray, index: int, by_sentence: bool) -> None:
     if by_sentence:
         where = f"line {index + 1}"
-        if not key:
-            raise ValueError(f"{where} is blank: with use_sentence_keys a blank line has no dataset name")
         if key in fout:
-            raise ValueError(
+            raise ConfigurationError(
                 f"{where}: the sentence {key!r:.80} is already in the output; to embed repeated "
                 "sentences, do not use sentence keys"
             )
@@ -928,6 +929,22 @@ def _write_entry(fout: h5py.File, key: str, data: np.ndarray, index: int, by_sen
         fout.create_dataset(key, data=data.astype(np.float32, copy=False))
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(f"line {index + 1}: cannot store {key!r:.80} as an HDF5 dataset name ({e})") from e
+
+
+def _refuse_blank_lines(source: PathLike | IO[str]) -> None:
+    """AllenNLP 0.9 refuses a file with blank lines before embedding: so does this, for
+    inputs that can be read twice (a path, or a seekable file, rewound afterwards)."""
+    if not isinstance(source, (str, os.PathLike)):
+        if not (hasattr(source, "seekable") and source.seekable()):
+            return  # checked while embedding, before anything is written
+        start = source.tell()
+    with _lines(source) as lines:
+        blank = [i for i, line in enumerate(lines) if not line.strip()]
+    if not isinstance(source, (str, os.PathLike)):
+        source.seek(start)
+    if blank:
+        shown = blank if len(blank) <= 20 else [*blank[:20], "..."]
+        raise ConfigurationError(f"the input contains empty lines at indexes {shown}; remove them")
 
 
 @contextmanager

@@ -87,3 +87,9 @@ class ModelError(ElmoError, ValueError):
 # --------------------------------------------------------------------------- command line
 class UsageError(ElmoError):
     """A command line that contradicts itself or gives an impossible value (exit status 2)."""
+
+
+class ConfigurationError(ElmoError, ValueError):
+    """What AllenNLP raises as ``ConfigurationError`` (a contradictory ``Elmo`` construction,
+    a wrong number of mix parameters, an input file ``ElmoEmbedder.embed_file`` refuses), so
+    that ``except ConfigurationError`` from ``elmo.allennlp`` catches the same cases."""
