@@ -106,7 +106,7 @@ def _label(engine: str, dtype: str) -> str:
 def _load(a: argparse.Namespace, engine: str, dtype: str = "float32"):
     import elmo
 
-    return elmo.load(a.model, engine=engine, dtype=dtype)
+    return elmo.load(a.model, engine=engine, precision=dtype)
 
 
 def _timed_loop(m, sents: list[list[str]], batch_size: int) -> float:
