@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 import elmo
-from conftest import ALLENNLP, ROOT
+from conftest import ROOT, tiny_model
 from elmo import cli
 from elmo.commands import COMMANDS
 from elmo.default_model import default_model_dir
 from elmo.vocab_embeddings import read_vocab, vocab_embeddings
 
-VOCAB = ALLENNLP / "vocab_test.txt"
+WORDS = ["<S>", "</S>", "<UNK>", "the", "cat", "sat", "naïve", "x" * 60]
 SRC = ROOT / "src" / "elmo"
 
 
@@ -40,17 +40,24 @@ def test_main_parser_lists_the_registered_commands_in_order():
     assert listed == {name: command.HELP for name, command in COMMANDS.items()}
 
 
+def _vocab(tmp_path: Path) -> Path:
+    path = tmp_path / "vocab.txt"
+    path.write_text("".join(w + "\n" for w in WORDS), encoding="utf-8")
+    return path
+
+
 def _vocab_embeddings(tmp_path: Path, *model_args: str) -> np.ndarray:
     out = tmp_path / "emb.hdf5"
-    assert cli.main(["vocab-embeddings", str(VOCAB), "-o", str(out), "-q", "--overwrite", *model_args]) == 0
+    vocab = _vocab(tmp_path)
+    assert cli.main(["vocab-embeddings", str(vocab), "-o", str(out), "-q", "--overwrite", *model_args]) == 0
     with h5py.File(out, "r") as f:
         return f["embedding"][()]
 
 
 def test_vocab_embeddings_default_model(tmp_path):
     """No model, or ``--model default``: the bundled model, as for ``elmo embed``."""
-    expected = vocab_embeddings(elmo.load(default_model_dir()), read_vocab(VOCAB))
-    assert expected.shape == (458, 128)
+    expected = vocab_embeddings(elmo.load(default_model_dir()), read_vocab(_vocab(tmp_path)))
+    assert expected.shape == (len(WORDS), 128)
     np.testing.assert_array_equal(_vocab_embeddings(tmp_path, "--model", "default"), expected)
     np.testing.assert_array_equal(_vocab_embeddings(tmp_path), expected)
 
@@ -59,11 +66,11 @@ def test_vocab_embeddings_registered_model_name(tmp_path, monkeypatch):
     """A released model's name resolves through the cache (filled by hand: no download)."""
     cache = tmp_path / "cache"
     (cache / "small").mkdir(parents=True)
-    shutil.copy(ALLENNLP / "options.json", cache / "small" / "options.json")
-    shutil.copy(ALLENNLP / "lm_weights.hdf5", cache / "small" / "weights.hdf5")
+    shutil.copy(tiny_model() / "options.json", cache / "small" / "options.json")
+    shutil.copy(tiny_model() / "weights.hdf5", cache / "small" / "weights.hdf5")
     monkeypatch.setenv("ELMO_CACHE", str(cache))
     monkeypatch.chdir(tmp_path)  # no directory called "small" to shadow the name
-    expected = vocab_embeddings(elmo.load(cache / "small"), read_vocab(VOCAB))
+    expected = vocab_embeddings(elmo.load(cache / "small"), read_vocab(_vocab(tmp_path)))
     np.testing.assert_array_equal(_vocab_embeddings(tmp_path, "-m", "small"), expected)
 
 
@@ -72,13 +79,19 @@ def test_vocab_embeddings_registered_model_name(tmp_path, monkeypatch):
     [
         ["embed", "in.txt", "out.hdf5", "--model", "default"],
         ["info", "default"],
-        ["vocab-embeddings", str(VOCAB), "-o", "out.hdf5", "--model", "default"],
+        ["vocab-embeddings", "vocab.txt", "-o", "out.hdf5", "--model", "default"],
     ],
 )
 def test_model_with_options_is_a_usage_error(tmp_path, monkeypatch, capsys, argv):
     monkeypatch.chdir(tmp_path)
     Path("in.txt").write_text("a b\n", encoding="utf-8")
-    options = ["--options", str(ALLENNLP / "options.json"), "--weights", str(ALLENNLP / "lm_weights.hdf5")]
+    _vocab(tmp_path)
+    options = [
+        "--options",
+        str(tiny_model() / "options.json"),
+        "--weights",
+        str(tiny_model() / "weights.hdf5"),
+    ]
     with pytest.raises(SystemExit) as exit_info:
         cli.main([*argv, *options])
     assert exit_info.value.code == 2

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import BILMTF
+from conftest import BILMTF, needs_shared, tiny_model
 from elmo.config import ElmoConfig
 from elmo.model import ElmoBiLM
 from elmo.names import LM_HEAD, TRAINING_SCOPE, dump_name, one_layer_dataset, weight_names
@@ -16,9 +16,14 @@ RUN = BILMTF / "generated" / "run_small_fullsoftmax_nodropout"
 
 
 def _config(n_layers: int = 2) -> ElmoConfig:
-    options = json.loads((RUN / "options.json").read_text(encoding="utf-8"))
+    """The generated tiny model's options (bilm-tf's run when comparing with its checkpoint)."""
+    options = json.loads((tiny_model() / "options.json").read_text(encoding="utf-8"))
     options["lstm"]["n_layers"] = n_layers
     return ElmoConfig.from_dict(options)
+
+
+def _run_config() -> ElmoConfig:
+    return ElmoConfig.from_dict(json.loads((RUN / "options.json").read_text(encoding="utf-8")))
 
 
 @pytest.mark.parametrize(
@@ -73,10 +78,11 @@ def test_variable_names_read_back_to_their_datasets(n_layers):
     assert [dump_name(w.tf_name()) for w in LM_HEAD] == [None, None]  # not the biLM's
 
 
+@needs_shared(RUN)
 def test_variable_names_are_bilm_tf_checkpoint_names():
     """Every name the table gives is in bilm-tf's checkpoint, and every trainable one is named."""
     stored = set(np.load(RUN / "ckpt_init_variables.npz").files)
-    ours = {w.tf_name() for w in [*weight_names(_config()), *LM_HEAD]}
+    ours = {w.tf_name() for w in [*weight_names(_run_config()), *LM_HEAD]}
     assert ours <= stored
     assert {n for n in stored if not n.endswith("/Adagrad") and n.startswith("lm/")} == ours
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BILMTF
+from conftest import BILMTF, needs_shared
 from elmo.errors import DataError
 from elmo.train.text import count_tokens, find_shards, iter_lines, read_sentences
 
@@ -47,6 +47,7 @@ def test_iter_lines_numbers_lines_and_drops_the_byte_order_mark(tmp_path):
     assert list(iter_lines(path)) == [(1, ["a", "b"]), (2, []), (3, ["c"])]
 
 
+@needs_shared(DATA)
 def test_count_tokens_and_read_sentences():
     assert count_tokens(DATA) == 134
     sentences = list(read_sentences(find_shards(DATA)))
