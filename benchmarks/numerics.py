@@ -17,8 +17,8 @@ older kind's kernels are reproduced by restricting the libraries::
 int8 products run in fbgemm, which none of these variables restrict: its figures are
 those of the CPU the script runs on.
 
-The random models come from ``../shared/tools/make_random_elmo.py`` (cached in
-``.models/`` as the tests cache them); the reference outputs from ``../shared/fixtures``.
+The random models come from :mod:`elmo.testing` (cached in ``.models/`` as the tests
+cache them); the reference outputs from ``../shared/fixtures``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import torch
 import elmo
 from elmo.chars import batch_to_char_ids
 from elmo.engine import FastBiLM
+from elmo.testing import write_random_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -51,10 +52,7 @@ ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRU
 def random_model(size: str, seed: int, gain: int) -> Path:
     out = MODELS / f"{size}_seed{seed}_gain{gain}"
     if not (out / "weights.hdf5").is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        tool = SHARED / "tools" / "make_random_elmo.py"
-        args = ["--size", size, "--seed", str(seed), "--gain", str(gain), "--out", str(out)]
-        subprocess.run([sys.executable, str(tool), *args], check=True, stdout=subprocess.DEVNULL)
+        write_random_model(out, size, seed, gain)  # type: ignore[arg-type]
     return out
 
 

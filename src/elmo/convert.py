@@ -55,6 +55,7 @@ from elmo.names import (
     highway_dataset,
     lstm_dataset,
 )
+from elmo.resolve import MIX_FILE
 from elmo.tfcheckpoint import CheckpointReader, latest_checkpoint
 from elmo.weights import dataset_layout
 
@@ -72,7 +73,6 @@ __all__ = [
 PathLike = str | os.PathLike[str]
 FORMATS = ("auto", "bilm-tf", "hub")
 HUB_MARKERS = ("tfhub_module.pb", "saved_model.pb")
-MIX_FILE = "hub_mix.json"
 
 # What the variable shapes cannot tell: the values of every released ELMo model.
 HUB_DEFAULTS: dict[str, Any] = {

@@ -14,7 +14,7 @@ from elmo.engine import DEFAULT_CACHE_SIZE
 from elmo.errors import ConfigError
 from elmo.model import ElmoBiLM
 from elmo.module import ElmoModule
-from elmo.resolve import ModelFiles, find_model_files, resolve
+from elmo.resolve import MIX_FILE, ModelFiles, find_model_files, resolve
 from elmo.runner import EngineOptions
 from elmo.weights import load_weights
 
@@ -53,7 +53,7 @@ def _read_model(files: ModelFiles, device: str | torch.device | None) -> tuple[E
         assert files.options is not None
         return load_bilm(files.options, files.weights, device), _read_mix(files.mix)
     if files.format == "hub":
-        from elmo.convert import MIX_FILE, convert_hub_module
+        from elmo.convert import convert_hub_module
 
         # The module's variables, in the released layout, through a temporary directory.
         with tempfile.TemporaryDirectory(prefix="elmo-hub-") as tmp:

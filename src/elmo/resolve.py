@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from elmo.convert import MIX_FILE
 from elmo.default_model import DEFAULT_MODEL_NAME, default_model_dir
 from elmo.download import download_model, download_urls, is_model_name, is_url, not_found_message
 
@@ -40,6 +39,7 @@ PathLike = str | os.PathLike[str]
 ModelFormat = Literal["hdf5", "run", "bilm-tf", "hub"]
 
 OPTIONS, WEIGHTS, LM_HEAD, VOCAB = "options.json", "weights.hdf5", "lm_head.hdf5", "vocab.txt"
+MIX_FILE = "hub_mix.json"  # a converted TF Hub module's layer mix (written by elmo.convert)
 RUN_CHECKPOINT, TF_STATE = "checkpoint.pt", "checkpoint"
 HUB_MARKERS = ("tfhub_module.pb", "saved_model.pb")
 

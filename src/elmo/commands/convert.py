@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from elmo.convert import FORMATS, MIX_FILE, convert
+from elmo.convert import FORMATS, convert
 from elmo.errors import ConvertError
+from elmo.resolve import MIX_FILE
 
 __all__ = ["HELP", "configure", "run"]
 
