@@ -10,9 +10,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import TypeVar
 
 import pytest
 
@@ -114,3 +118,40 @@ def fixture_batches(path: Path) -> list[list[str]]:
     """The 10 batches of 3 sentences of the ``lm_embeddings`` fixtures."""
     sentences = json.loads(shared_path(path).read_text(encoding="utf-8"))
     return [[sentences[k][i] for k in range(3)] for i in range(10)]
+
+
+def random_sentences(seed: int, count: int, vocabulary: int = 60) -> list[list[str]]:
+    """``count`` sentences of 0 to 12 tokens drawn from ``vocabulary`` random words (seeded):
+    many repeats across sentences, some empty sentences, lengths that vary."""
+    rng = random.Random(seed)
+    words = ["".join(rng.choice("abcdefghijkl") for _ in range(rng.randint(1, 9))) for _ in range(vocabulary)]
+    return [[rng.choice(words) for _ in range(rng.randint(0, 12))] for _ in range(count)]
+
+
+T = TypeVar("T")
+
+
+def run_in_threads(jobs: list[Callable[[], T]], threads: int = 8) -> list[T]:
+    """Run ``jobs`` on ``threads`` threads at once (job i on thread i % threads; the
+    threads start together) and return their results in job order; re-raises the first
+    error a job raised."""
+    results: list[T | None] = [None] * len(jobs)
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def work(first: int) -> None:
+        start.wait()
+        try:
+            for i in range(first, len(jobs), threads):
+                results[i] = jobs[i]()
+        except BaseException as e:  # handed to the main thread
+            errors.append(e)
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    if errors:
+        raise errors[0]
+    return results  # type: ignore[return-value]

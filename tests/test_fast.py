@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import elmo
-from conftest import random_model, reference_sentences
+from conftest import random_model, random_sentences, reference_sentences, run_in_threads
 from elmo.chars import batch_to_char_ids
 from elmo.engine import FastBiLM, TokenCache, precision
 from elmo.engine.precision import Linear, PairLinear, count_flops, native_bfloat16
@@ -397,6 +397,76 @@ def test_token_cache_is_lru():
     assert hits == [0, 2] and misses == [1]
     assert cache.gather(slots).tolist() == [[1.0], [3.0]]
     assert (cache.hits, cache.misses) == (3, 2)
+
+
+def test_token_cache_store_skips_present_and_repeated_keys():
+    """A key stored meanwhile by another thread, or twice in one store, keeps one slot:
+    no two keys ever share a slot."""
+    cache = TokenCache(3)
+    cache.store([b"a", b"b"], torch.tensor([[1.0], [2.0]]))
+    cache.store([b"a", b"c", b"c"], torch.tensor([[9.0], [3.0], [8.0]]))
+    assert len(cache) == 3
+    hits, rows, misses = cache.fetch([b"a", b"b", b"c", b"d"])
+    assert hits == [0, 1, 2] and misses == [3] and rows is not None
+    assert rows.tolist() == [[1.0], [2.0], [3.0]]
+    cache.store([b"d"], torch.tensor([[4.0]]))  # evicts a, the least recently used
+    hits, rows, misses = cache.fetch([b"a", b"b", b"c", b"d"])
+    assert misses == [0] and rows is not None and rows.tolist() == [[2.0], [3.0], [4.0]]
+
+
+def _thread_batches(seed: int) -> list[torch.Tensor]:
+    """24 batches of 1 to 6 sentences, sharing a 60-word vocabulary."""
+    sentences = random_sentences(seed, 90)
+    batches, start = [], 0
+    for k in range(24):
+        size = 1 + k % 6
+        batches.append(batch_to_char_ids(sentences[start : start + size] or [[]]))
+        start = (start + size) % 80
+    return batches
+
+
+def _assert_same(got: BiLMOutput, want: BiLMOutput) -> None:
+    assert torch.equal(got.mask, want.mask)
+    assert all(torch.equal(a, b) for a, b in zip(got.layers, want.layers, strict=True))
+    for s, t in zip(got.state, want.state, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(vars(s).values(), vars(t).values()))
+
+
+# (precision, cache size). A cache of 16 tokens for the 60-word vocabulary: hits,
+# misses and evictions in every call. int8 results depend on which batch first encoded a
+# cached token (dynamic quantization), so int8 runs without a cache, and with one large
+# enough for the vocabulary that is filled before the threads start (every lookup a hit).
+THREAD_CASES = [("float32", 16), ("bfloat16", 16), ("int8", 0), ("int8", 4096)]
+
+
+@pytest.mark.parametrize("case", THREAD_CASES, ids=[f"{p}-cache{c}" for p, c in THREAD_CASES])
+def test_threads_share_one_engine(tiny_bilm, case):
+    """8 threads calling one engine with mixed batches give exactly the sequential results,
+    round after round, and the engine is still exact alone afterwards (no poisoned cache)."""
+    dtype, cache_size = case
+    if dtype == "int8" and "x86" not in torch.backends.quantized.supported_engines:
+        pytest.skip("no x86 quantized backend")
+    batches = _thread_batches(3)
+    reference = FastBiLM(tiny_bilm, dtype, cache_size)
+    want = [reference(ids) for ids in batches]
+    per_pass = reference.tokens_seen
+    shared = FastBiLM(tiny_bilm, dtype, cache_size)
+    passes = 0
+    if cache_size > 100:
+        for ids, w in zip(batches, want):
+            _assert_same(shared(ids), w)
+        want = [reference(ids) for ids in batches]  # all hits now, as in the shared engine
+        passes = 1
+    for _ in range(3):  # the first round also races on building the engine's weights
+        got = run_in_threads([lambda ids=ids: shared(ids) for ids in batches + batches[::-1]])
+        for out, w in zip(got, want + want[::-1], strict=True):
+            _assert_same(out, w)
+    for ids, w in zip(batches, want):
+        _assert_same(shared(ids), w)
+    assert shared.tokens_seen == per_pass * (passes + 3 * 2 + 1)  # counted under the lock
+    assert len(shared.cache) <= cache_size
+    if cache_size:
+        assert shared.cache.hits > 0
 
 
 def _cosines(got: list[torch.Tensor], want: list[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:

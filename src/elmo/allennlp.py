@@ -297,17 +297,18 @@ class _CarriedLstmState:
         if mask is None:
             self._runner.reset_state()
             return
-        states = self._states
-        if states is None:
-            raise ValueError("reset_states(mask): there is no carried state yet")
-        rows = states[0].shape[1]
-        if mask.shape != (rows,):
-            raise ValueError(
-                f"reset_states: expected a mask of shape ({rows},) (one per stored row), "
-                f"found {tuple(mask.shape)}"
-            )
-        keep = ~mask.to(device=states[0].device, dtype=torch.bool).view(1, rows, 1)
-        self._states = (states[0] * keep, states[1] * keep)
+        with self._runner.state.lock:  # read, change, write back: no call in between
+            states = self._states
+            if states is None:
+                raise ValueError("reset_states(mask): there is no carried state yet")
+            rows = states[0].shape[1]
+            if mask.shape != (rows,):
+                raise ValueError(
+                    f"reset_states: expected a mask of shape ({rows},) (one per stored row), "
+                    f"found {tuple(mask.shape)}"
+                )
+            keep = ~mask.to(device=states[0].device, dtype=torch.bool).view(1, rows, 1)
+            self._states = (states[0] * keep, states[1] * keep)
 
     @property
     def _states(self) -> tuple[Tensor, Tensor] | None:
@@ -508,6 +509,9 @@ class Elmo(nn.Module):
     is reset by ``_elmo_lstm._elmo_lstm.reset_states()`` or :meth:`reset_states`) and the
     mixes are ``scalar_mix_0``, ``scalar_mix_1``, ... (also listed in ``_scalar_mixes``),
     each a :class:`ScalarMix` with AllenNLP's ``scalar_parameters`` and ``gamma``.
+
+    Inference calls from several threads are safe, as for :class:`ElmoEmbedder` (stateless:
+    in parallel, each as alone; stateful: one at a time, in the order they take the lock).
 
     Args:
         options_file, weight_file: the model's ``options.json`` and ``weights.hdf5``.
@@ -738,6 +742,11 @@ class ElmoEmbedder:
     next batch, so an embedding depends on the sentences embedded before it in the same
     row. This reproduces AllenNLP's output; ``stateful=False`` (not in AllenNLP) starts
     every batch from zero state instead, and :meth:`reset_states` starts over.
+
+    Threads: one embedder may be shared. With ``stateful=False`` concurrent calls run in
+    parallel and each gives what it gives alone. Stateful batches run one at a time under
+    the carried state's lock (see :mod:`elmo.runner`), each continuing the state the
+    previous one left, so the order of concurrent batches is the order they take the lock.
 
     As in AllenNLP, the biLM is ``elmo_bilm``, an :class:`_ElmoBiLm` that shares this
     embedder's carried state (``elmo_bilm._elmo_lstm.reset_states()`` resets it too).

@@ -4,6 +4,9 @@ Sentences are batched internally; in stateless mode each window of sentences is 
 by length so that batches carry little padding (results do not depend on the batch, so
 this is invisible). In stateful mode sentences are embedded in input order, as the
 reference tools do, because the carried state makes results depend on the batching.
+
+Each call keeps its own batches and buffers, so calls on one shared module may come from
+many threads (the module's own calls are thread-safe, see :class:`elmo.ElmoModule`).
 """
 
 from __future__ import annotations

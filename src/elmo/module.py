@@ -62,6 +62,14 @@ class ElmoModule(nn.Module):
     ``engine="plain"`` always runs the readable reference :class:`elmo.model.ElmoBiLM`.
     Outputs are float32 whatever the precision. ``dtype`` is the deprecated old name of
     ``precision``. ``engine_options`` passes all three as one value instead.
+
+    Threads: one module may serve inference calls (``m(...)``, :meth:`embed`,
+    :meth:`embed_tokens`) from many threads. Stateless calls run in parallel and each
+    gives exactly what it gives alone (the fast engine locks its weight sync and token
+    cache; workspaces are per call). Stateful calls run one at a time under the carried
+    state's lock, so their order is the order they take it (:meth:`embed` takes it once
+    per batch). Changing the model (training, ``.to()``, loading weights) while calls run
+    is not supported.
     """
 
     def __init__(

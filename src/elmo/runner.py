@@ -13,10 +13,18 @@ through a :class:`BiLMRunner`, which decides three things in one place:
 - **the device**: character ids are moved to the biLM's device.
 
 The engine's options travel together as one validated :class:`EngineOptions`.
+
+Threads: a runner may be called from many threads at once. Stateless calls share nothing
+mutable but the fast engine's weights and token cache, which it locks itself (see
+:mod:`elmo.engine.bilm`), so they run in parallel and each gives what it gives alone.
+Stateful calls are sequential by nature: each holds the carried state's lock from reading
+the state to storing the new one, so they run one at a time, in the order they take the
+lock, and never tear or lose an update.
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -100,20 +108,44 @@ class CarriedState:
     Row r of a call starts where row r of the previous call ended. A call with more rows
     than stored starts the new rows from zero; a call with fewer rows uses the first
     rows and leaves the others stored for later.
+
+    ``lock`` (reentrant) guards the state: :meth:`reset` and setting :attr:`layers` take
+    it, and a stateful :class:`BiLMRunner` call holds it from :meth:`take` to
+    :meth:`update`. Copies and pickles carry the state with a new lock.
     """
 
     def __init__(self) -> None:
-        self.layers: list[LayerState] | None = None
+        self.lock = threading.RLock()
+        self._layers: list[LayerState] | None = None
+
+    def __getstate__(self) -> dict:
+        return {"layers": self._layers}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()  # type: ignore[misc]
+        self._layers = state["layers"]
+
+    @property
+    def layers(self) -> list[LayerState] | None:
+        """The carried state (None: every row starts from zero)."""
+        return self._layers
+
+    @layers.setter
+    def layers(self, value: list[LayerState] | None) -> None:
+        with self.lock:
+            self._layers = value
 
     def reset(self) -> None:
         self.layers = None
 
     def take(self, bilm: ElmoBiLM, batch: int) -> list[LayerState]:
+        """The initial state of a call of ``batch`` rows (fresh tensors)."""
         zero = bilm.zero_state(batch)
-        if self.layers is None:
+        layers = self._layers  # one read: a concurrent update replaces the list whole
+        if layers is None:
             return zero
         out = []
-        for stored, new in zip(self.layers, zero):
+        for stored, new in zip(layers, zero):
             n = min(batch, stored.forward_h.shape[0])
             parts = []
             for old, fresh in zip(vars(stored).values(), vars(new).values()):
@@ -123,12 +155,17 @@ class CarriedState:
         return out
 
     def update(self, final: list[LayerState]) -> None:
+        """Store a call's final state (rows beyond it keep their stored state)."""
         final = [LayerState(*(t.detach() for t in vars(s).values())) for s in final]
-        if self.layers is None:
-            self.layers = final
+        with self.lock:
+            self._update(final)
+
+    def _update(self, final: list[LayerState]) -> None:
+        if self._layers is None:
+            self._layers = final
             return
         merged = []
-        for stored, new in zip(self.layers, final):
+        for stored, new in zip(self._layers, final):
             parts = []
             for old, cur in zip(vars(stored).values(), vars(new).values()):
                 if cur.shape[0] >= old.shape[0]:
@@ -138,7 +175,7 @@ class CarriedState:
                     keep[: cur.shape[0]] = cur
                     parts.append(keep)
             merged.append(LayerState(*parts))
-        self.layers = merged
+        self._layers = merged
 
 
 class BiLMRunner:
@@ -147,6 +184,10 @@ class BiLMRunner:
     The plain model stays the owner of the weights (a ``torch.nn.Module`` the caller
     registers, moves and trains); the runner holds no parameters, only the engine's
     derived copies and the carried state.
+
+    Thread-safe (see the module docstring): stateless calls run concurrently; stateful
+    calls (``stateful=True``) hold the carried state's lock for the whole call, so they
+    run one at a time and each continues from the state the previous one left.
     """
 
     def __init__(
@@ -180,12 +221,16 @@ class BiLMRunner:
     def __call__(self, char_ids: Tensor, *, keep_boundaries: bool = False) -> BiLMOutput:
         """The biLM's layers for character ids ``[B, T, C]`` (+1 shifted, 0 for padding)."""
         char_ids = char_ids.to(self.bilm.token_encoder.proj_b.device)
-        initial = self.state.take(self.bilm, char_ids.shape[0]) if self.stateful else None
-        if self.fast is not None and self.uses_fast_engine():
-            out = self.fast(char_ids, initial, keep_boundaries=keep_boundaries)
-        else:
-            with torch.set_grad_enabled(self.needs_gradients()):
-                out = self.bilm(char_ids, initial, keep_boundaries=keep_boundaries)
-        if self.stateful:
+        if not self.stateful:
+            return self._run(char_ids, None, keep_boundaries)
+        # Take the state, run, store the new state: one step, one call at a time.
+        with self.state.lock:
+            out = self._run(char_ids, self.state.take(self.bilm, char_ids.shape[0]), keep_boundaries)
             self.state.update(out.state)
         return out
+
+    def _run(self, char_ids: Tensor, initial: list[LayerState] | None, keep_boundaries: bool) -> BiLMOutput:
+        if self.fast is not None and self.uses_fast_engine():
+            return self.fast(char_ids, initial, keep_boundaries=keep_boundaries)
+        with torch.set_grad_enabled(self.needs_gradients()):
+            return self.bilm(char_ids, initial, keep_boundaries=keep_boundaries)

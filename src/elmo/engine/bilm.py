@@ -17,10 +17,19 @@ Where the time goes, and what is done about it:
   direction over a contiguous range of rows, with the bias fused in.
 - Products: on CPUs, oneDNN inner products on weights reordered once (see
   :mod:`elmo.engine.precision`).
+
+Threads: one engine may serve calls from many threads at once, and each call gives
+exactly what it gives alone. What the engine keeps between calls is shared and locked:
+the derived weights (rebuilt under a lock, then only read: oneDNN's reordered and the
+quantized copies included) and the token cache (lookup with gather, and store, each under
+the cache's lock; see :mod:`elmo.engine.cache`). Everything a forward pass writes (the
+packed batch, the LSTM workspaces, the encoder's outputs) is made per call. The token
+encoder and the LSTMs run outside any lock, so threads compute in parallel.
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
 from typing import cast
 
@@ -59,6 +68,13 @@ class FastBiLM:
     ``"int8"`` (dynamic quantization of the large products, CPU only); outputs are
     float32 in every precision. ``cache_size``: distinct tokens whose representations
     are kept (0 disables the cache).
+
+    Thread-safe: concurrent calls give what sequential calls give. Locked: the weight
+    sync (:meth:`_sync`, under the engine's lock) and the token cache (under its own
+    lock, held briefly for each lookup and each store); per call: every workspace. In
+    int8 a token's cached row is what its first encoding gave, and dynamic quantization
+    makes that depend on the tokens encoded with it: with a cache, int8 results depend
+    on which calls came first (within int8 rounding), whether calls are sequential or not.
     """
 
     def __init__(
@@ -72,7 +88,11 @@ class FastBiLM:
         self.cache = TokenCache(cache_size)
         # Token rows looked up (sentence markers included, once per call); with
         # ``cache.misses`` (rows encoded) this says how much encoder work the cache saves.
+        # Counted under the cache's lock.
         self.tokens_seen = 0
+        # The derived weights and the parameter signature they were made from: replaced
+        # together under _lock, only read by calls.
+        self._lock = threading.Lock()
         self._weights: _Weights | None = None
         self._signature: tuple | None = None
 
@@ -87,25 +107,37 @@ class FastBiLM:
         state = self.__dict__.copy()
         state["_weights"] = state["_signature"] = None
         state["cache"] = TokenCache(self.cache.capacity)
+        del state["_lock"]
         return state
 
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def _sync(self) -> _Weights:
-        """The engine's weights, rebuilt if the plain model's parameters changed."""
+        """The engine's weights, rebuilt if the plain model's parameters changed.
+
+        Under the engine's lock: concurrent first calls build the weights once, and a
+        rebuild empties the token cache before any call can use the new weights.
+        """
         signature = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.plain.parameters())
-        if self._weights is None or signature != self._signature:
-            self._weights = None  # free the old copies before making new ones
-            self.cache.clear()
-            device = self.plain.token_encoder.proj_b.device
-            if self.precision == "bfloat16" and not native_bfloat16(device):
-                warnings.warn(
-                    f"dtype='bfloat16': this {device.type.upper()} has no bfloat16 matrix units "
-                    "(AVX-512 BF16, AMX); its bfloat16 products are emulated and slower than float32",
-                    stacklevel=4,
-                )
-            with torch.no_grad():
-                self._weights = _Weights(self.plain, self.precision)
-            self._signature = signature
-        return self._weights
+        with self._lock:
+            if self._weights is None or signature != self._signature:
+                self._weights = None  # free the old copies before making new ones
+                # Calls still running on the old weights store nothing from now on (their
+                # check in _tokens fails), so the emptied cache gets the new weights' rows only.
+                self.cache.clear()
+                device = self.plain.token_encoder.proj_b.device
+                if self.precision == "bfloat16" and not native_bfloat16(device):
+                    warnings.warn(
+                        f"dtype='bfloat16': this {device.type.upper()} has no bfloat16 matrix units "
+                        "(AVX-512 BF16, AMX); its bfloat16 products are emulated and slower than float32",
+                        stacklevel=4,
+                    )
+                with torch.no_grad():
+                    self._weights = _Weights(self.plain, self.precision)
+                self._signature = signature
+            return self._weights
 
     def __call__(
         self, char_ids: Tensor, state: list[LayerState] | None = None, keep_boundaries: bool = False
@@ -121,23 +153,33 @@ class FastBiLM:
         """Representations of the distinct rows of ``tokens`` [N, C] and each row's index.
 
         Returns ``table`` [U, P] (activation dtype) and ``inverse`` [N] (long, device).
+        Thread-safe: the cache is read (lookup and gather together) and written under its
+        lock, and only while ``weights`` are still the engine's current ones; the encoder
+        runs outside the lock.
         """
         device = tokens.device
-        self.tokens_seen += tokens.shape[0]
         host = tokens.cpu().numpy().astype(np.uint16)
         rows = np.ascontiguousarray(host).view(np.dtype((np.void, host.shape[1] * 2))).ravel()
         unique, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
         keys = [u.tobytes() for u in unique]
-        hit_pos, hit_slots, miss_pos = self.cache.lookup(keys)
+        cache = self.cache
+        with cache.lock:
+            self.tokens_seen += tokens.shape[0]
+            if self._weights is weights:
+                hit_pos, hit_rows, miss_pos = cache.fetch(keys)
+            else:  # the weights were rebuilt since this call began: the cache holds others
+                hit_pos, hit_rows, miss_pos = [], None, list(range(len(keys)))
         encoder = weights.encoder
         table = torch.empty(len(keys), encoder.width, dtype=encoder.dtype, device=device)
-        if hit_pos:
-            table[torch.tensor(hit_pos, device=device)] = self.cache.gather(hit_slots)
+        if hit_rows is not None:
+            table[torch.tensor(hit_pos, device=device)] = hit_rows
         if miss_pos:
             miss_rows = torch.from_numpy(first[miss_pos]).to(device)
             encoded = encoder(tokens.index_select(0, miss_rows))
             table[torch.tensor(miss_pos, device=device)] = encoded
-            self.cache.store([keys[i] for i in miss_pos], encoded)
+            with cache.lock:
+                if self._weights is weights:
+                    cache.store([keys[i] for i in miss_pos], encoded)
         return table, torch.from_numpy(inverse.reshape(-1).astype(np.int64)).to(device)
 
     def _empty(self, device: torch.device, steps: int, keep_boundaries: bool) -> BiLMOutput:

@@ -29,7 +29,10 @@ HIGHWAY_TOKENS = 1024
 
 
 class FastTokenEncoder:
-    """Maps unique tokens' character ids ``[U, C]`` to their representations ``[U, P]``."""
+    """Maps unique tokens' character ids ``[U, C]`` to their representations ``[U, P]``.
+
+    Read-only after construction, and every call's buffers are its own: one encoder
+    serves concurrent calls."""
 
     def __init__(self, plain: TokenEncoder, precision: str) -> None:
         self.precision = precision

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,12 +77,23 @@ class FlopCounter:
 # The counter of the innermost count_flops() block; None (the normal case) costs every
 # product one check.
 _counter: FlopCounter | None = None
+# Products of several threads add to one counter: the additions take this lock.
+_counter_lock = threading.Lock()
+
+
+def _count(flops: int) -> None:
+    """Add ``flops`` to the active counter, if any (called only while one is active)."""
+    counter = _counter
+    if counter is not None:
+        with _counter_lock:
+            counter.flops += flops
 
 
 @contextlib.contextmanager
 def count_flops() -> Iterator[FlopCounter]:
     """Count the FLOPs of every :class:`Linear` and :class:`PairLinear` product run in the
-    block (in this process, any thread); an enclosing block counts them too."""
+    block (in this process, any thread); an enclosing block counts them too. The counts of
+    concurrent products are exact; blocks themselves nest, so open them from one thread."""
     global _counter
     outer, counter = _counter, FlopCounter()
     _counter = counter
@@ -90,7 +102,8 @@ def count_flops() -> Iterator[FlopCounter]:
     finally:
         _counter = outer
         if outer is not None:
-            outer.flops += counter.flops
+            with _counter_lock:
+                outer.flops += counter.flops
 
 
 def activation_dtype(precision: str) -> torch.dtype:
@@ -164,6 +177,9 @@ class Linear:
     dtype). ``backend`` says how products run: ``"onednn"`` (a reordered copy of the
     weight), ``"torch"`` (``torch.addmm``; float32 contiguous weights are used as they
     are, without a copy) or ``"int8"`` (a quantized copy).
+
+    Read-only after construction (the reordered or prepacked weight included): one
+    object serves concurrent calls from many threads.
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None, precision: str) -> None:
@@ -211,7 +227,7 @@ class Linear:
 
     def _apply(self, x: Tensor) -> Tensor:
         if _counter is not None:
-            _counter.flops += 2 * x.shape[0] * self.in_features * self.out_features
+            _count(2 * x.shape[0] * self.in_features * self.out_features)
         if self.backend == "int8":
             return torch.ops.quantized.linear_dynamic(x.float().contiguous(), self._packed, _reduce_range())
         assert self.weight is not None  # every backend but int8 has one
@@ -249,7 +265,7 @@ class PairLinear:
         if rows < MIN_ROWS:
             return self(pad_rows(x))[:, :rows]
         if _counter is not None:
-            _counter.flops += 2 * 2 * rows * self.in_features * self.out_features
+            _count(2 * 2 * rows * self.in_features * self.out_features)
         x = x.to(self.weight.dtype)
         if self.bias is None:
             return torch.bmm(x, self.weight)

@@ -129,6 +129,9 @@ class LayerWeights:
     forward, 1 backward. With the ``"torch"`` backend (GPUs) both directions run in one
     batched product (:class:`~elmo.engine.precision.PairLinear`, ``paired``); otherwise
     (oneDNN, int8) one :class:`~elmo.engine.precision.Linear` per direction.
+
+    Read-only after construction: concurrent :func:`run_layer` calls share it, each with
+    its own workspaces.
     """
 
     def __init__(self, forward: LSTMLayer, backward: LSTMLayer, precision: str) -> None:
@@ -214,6 +217,9 @@ def run_layer(
     zero). Returns the packed outputs ``[2, total + 1, P]`` in ``dtype`` (row ``total`` is
     zero: gathers of padding positions read it) and the final ``h`` [2, B, P] and ``c``
     [2, B, H] of every row (float32, sorted order).
+
+    Every buffer it writes (``[x | h]``, the cell state, the outputs) is made here, per
+    call: concurrent calls on the same weights do not interfere.
     """
     rows = len(batch.order)
     cells, width, in_dim = weights.cells, weights.width, weights.input_dim
