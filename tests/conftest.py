@@ -13,12 +13,13 @@ import os
 import random
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import TypeVar
 
 import pytest
+import torch
 
 import elmo
 from elmo.module import ElmoModule
@@ -155,3 +156,15 @@ def run_in_threads(jobs: list[Callable[[], T]], threads: int = 8) -> list[T]:
     if errors:
         raise errors[0]
     return results  # type: ignore[return-value]
+
+
+@pytest.fixture
+def one_intra_op_thread() -> Iterator[None]:
+    """One intra-op thread for the test: the tiny models' products gain nothing from more,
+    and on a busy machine each Python thread's OpenMP team spins against the others (a
+    thread test took 20 times longer). The sequential references of a thread test run
+    under the same setting as its threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

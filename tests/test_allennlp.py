@@ -11,7 +11,15 @@ import pytest
 import torch
 
 import elmo
-from conftest import ALLENNLP, REFERENCE, fixture_batches, reference_sentences, shared_path
+from conftest import (
+    ALLENNLP,
+    REFERENCE,
+    fixture_batches,
+    random_sentences,
+    reference_sentences,
+    run_in_threads,
+    shared_path,
+)
 from elmo.allennlp import ConfigurationError, Elmo, ElmoEmbedder, batch_to_ids
 from elmo.chars import batch_to_char_ids
 from elmo.loading import load_bilm
@@ -362,6 +370,42 @@ def test_embedder_state_and_reset(embedder):
     assert np.abs(first[0] - second[0]).max() > 1e-3
     embedder.reset_states()
     assert all(np.array_equal(a, b) for a, b in zip(embedder.embed_batch(batch), first))
+
+
+def test_stateless_embedder_and_elmo_serve_many_threads(tiny_model_files):
+    """One ElmoEmbedder and one Elmo (stateless, small token cache) called from 8 threads
+    with mixed batches give exactly what the same calls give in sequence, then alone too."""
+    sentences = random_sentences(7, 60)
+    batches = [sentences[k : k + 1 + k % 5] for k in range(0, 48, 3)]
+    embedder = ElmoEmbedder(*tiny_model_files, stateful=False, cache_size=8)
+    module = Elmo(*tiny_model_files, 1, dropout=0.0, stateful=False, cache_size=8)
+    want = [embedder.embed_batch(b) for b in batches]
+    want_elmo = [_reps(module, b)[0] for b in batches]
+    for _ in range(2):
+        got = run_in_threads([lambda b=b: embedder.embed_batch(b) for b in batches])
+        for arrays, expected in zip(got, want, strict=True):
+            assert all(np.array_equal(a, b) for a, b in zip(arrays, expected, strict=True))
+        got_elmo = run_in_threads([lambda b=b: _reps(module, b)[0] for b in batches])
+        assert all(torch.equal(a, b) for a, b in zip(got_elmo, want_elmo, strict=True))
+    for b, expected in zip(batches, want):
+        assert all(np.array_equal(x, y) for x, y in zip(embedder.embed_batch(b), expected))
+
+
+def test_stateful_embedder_batches_from_threads_run_in_sequence(tiny_model_files):
+    """Stateful (as AllenNLP): batches from 8 threads run one at a time, each continuing the
+    carried state; together they give the outputs of as many batches in sequence."""
+    batch = [["the", "cat", "sat"], ["a", "dog"]]
+    calls = 16
+    sequential = ElmoEmbedder(*tiny_model_files)
+    want = [sequential.embed_batch(batch) for _ in range(calls)]
+    shared = ElmoEmbedder(*tiny_model_files, cache_size=4)
+    got = run_in_threads([lambda: shared.embed_batch(batch)] * calls)
+    unmatched = list(range(calls))
+    for arrays in got:
+        step = next(k for k in unmatched if all(map(np.array_equal, arrays, want[k])))
+        unmatched.remove(step)  # StopIteration above: an output no sequential batch gives
+    assert not unmatched
+    assert all(map(np.array_equal, shared.embed_batch(batch), sequential.embed_batch(batch)))
 
 
 def test_embed_sentences_batches_lazily(tiny_model_files, embedder):

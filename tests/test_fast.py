@@ -440,7 +440,7 @@ THREAD_CASES = [("float32", 16), ("bfloat16", 16), ("int8", 0), ("int8", 4096)]
 
 
 @pytest.mark.parametrize("case", THREAD_CASES, ids=[f"{p}-cache{c}" for p, c in THREAD_CASES])
-def test_threads_share_one_engine(tiny_bilm, case):
+def test_threads_share_one_engine(tiny_bilm, case, one_intra_op_thread):
     """8 threads calling one engine with mixed batches give exactly the sequential results,
     round after round, and the engine is still exact alone afterwards (no poisoned cache)."""
     dtype, cache_size = case

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 import elmo
+from conftest import random_sentences, run_in_threads
 
 P = 16  # projection size of the tiny fixture model
 
@@ -160,3 +162,29 @@ def test_calls_written_for_the_hub_module(tiny_module):
         tiny_module(inputs={"text": ["a"]})
     with pytest.raises(ValueError, match="signature: expected 'default' or 'tokens', found 'other'"):
         tiny_module(inputs={"strings": ["a"]}, signature="other")
+
+
+@pytest.mark.parametrize("engine", ["fast", "plain"])
+def test_one_module_serves_many_threads(tiny_model_files, engine, one_intra_op_thread):
+    """Calls of one module from 8 threads (``m(...)`` and ``m.embed``, mixed batches, a small
+    token cache) give exactly what the same calls give one after another, and the module
+    still does afterwards."""
+    m = elmo.load(*tiny_model_files, engine=engine, cache_size=8)
+    sentences = random_sentences(5, 60)
+    batches = [sentences[k : k + 1 + k % 5] for k in range(0, 48, 3)]
+    with torch.no_grad():
+        want = [m(tokens=b)["elmo"] for b in batches]
+    want_embed = [m.embed(b, batch_size=2) for b in batches]
+
+    def call(batch):
+        with torch.no_grad():
+            return m(tokens=batch)["elmo"]
+
+    for _ in range(2):
+        got = run_in_threads([lambda b=b: call(b) for b in batches])
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+        got_embed = run_in_threads([lambda b=b: m.embed(b, batch_size=2) for b in batches])
+        for arrays, expected in zip(got_embed, want_embed, strict=True):
+            assert all(np.array_equal(a, b) for a, b in zip(arrays, expected, strict=True))
+    with torch.no_grad():
+        assert all(torch.equal(m(tokens=b)["elmo"], w) for b, w in zip(batches, want))

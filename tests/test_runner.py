@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import warnings
 
 import pytest
 import torch
 
 import elmo
+from conftest import run_in_threads
 from elmo.allennlp import Elmo, ElmoEmbedder
 from elmo.chars import batch_to_char_ids
 from elmo.runner import BiLMRunner, CarriedState, EngineOptions
@@ -111,3 +114,39 @@ def test_character_ids_move_to_the_model(bilm):
     ids = batch_to_char_ids([["a"]]).to(torch.int32)
     with torch.no_grad():
         assert runner(ids).layers[0].device == bilm.token_encoder.proj_b.device
+
+
+@pytest.mark.parametrize("engine", ["fast", "plain"])
+def test_concurrent_stateful_calls_run_one_at_a_time(bilm, engine, one_intra_op_thread):
+    """Stateful calls from 8 threads run one after another: each continues from the state
+    the one before it left, so together they give the outputs of the same calls made in
+    sequence (in the order they took the lock); no call reads a state another is replacing."""
+    bilm.requires_grad_(False)
+    ids = batch_to_char_ids([["the", "cat", "sat"], ["a", "dog"]])
+    calls = 16
+    sequential = BiLMRunner(bilm, EngineOptions(engine=engine), stateful=True)
+    want = [sequential(ids) for _ in range(calls)]
+    shared = BiLMRunner(bilm, EngineOptions(engine=engine, cache_size=4), stateful=True)
+    got = run_in_threads([lambda: shared(ids)] * calls)
+    unmatched = list(range(calls))
+    for out in got:
+        step = next(k for k in unmatched if all(map(torch.equal, out.layers, want[k].layers)))
+        unmatched.remove(step)  # StopIteration above: an output no sequential step gives
+    assert not unmatched
+    for s, t in zip(shared.state.layers, sequential.state.layers):
+        assert all(torch.equal(x, y) for x, y in zip(vars(s).values(), vars(t).values()))
+
+
+def test_carried_state_copies(bilm):
+    """Copies of a runner carry the state (with a lock of their own) and run on their own."""
+    bilm.requires_grad_(False)
+    runner = BiLMRunner(bilm, stateful=True)
+    ids = batch_to_char_ids([["the", "cat"]])
+    runner(ids)
+    twin = copy.deepcopy(runner)
+    assert twin.state.lock is not runner.state.lock and twin.fast.cache.capacity == runner.fast.cache.capacity
+    a, b = runner(ids), twin(ids)
+    assert all(map(torch.equal, a.layers, b.layers))
+    restored = pickle.loads(pickle.dumps(runner.state))
+    for s, t in zip(restored.layers, runner.state.layers):
+        assert all(torch.equal(x, y) for x, y in zip(vars(s).values(), vars(t).values()))
