@@ -180,12 +180,17 @@ class Trainer:
         self.world = World.from_env(settings.device if settings else None)
         self.resume = resume
         self._lock_file: Any = None
+        created = not self.out.exists()
         if self.world.is_main:
             self._lock_file = _lock_run_dir(self.out, create=not resume)
         try:
             self._setup(options, vocab, settings, resume)
         except BaseException:
             self.release()
+            if created and self.world.is_main:  # a run that never started leaves nothing behind
+                with contextlib.suppress(OSError):
+                    (self.out / LOCK).unlink()
+                    self.out.rmdir()
             raise
 
     def _setup(
