@@ -154,15 +154,16 @@ def test_version_1_files_without_digests_still_load(tmp_path, caplog):
 
 
 class _FullDisk:
-    """A file that takes ``room`` bytes, then fails as a full disk does."""
+    """A file on a disk with ``room[0]`` bytes left (shared by every file): writes past that
+    fail as a full disk does."""
 
-    def __init__(self, f, room: int) -> None:
+    def __init__(self, f, room: list[int]) -> None:
         self.f, self.room = f, room
 
     def write(self, data) -> int:
-        if len(data) > self.room:
+        if len(data) > self.room[0]:
             raise OSError(errno.ENOSPC, "No space left on device")
-        self.room -= len(data)
+        self.room[0] -= len(data)
         return self.f.write(data)
 
     def __getattr__(self, name):
@@ -176,8 +177,9 @@ class _FullDisk:
 
 
 def full_disk(monkeypatch, room: int) -> None:
-    """Files elmo.atomic opens take ``room`` bytes, then raise ENOSPC."""
-    monkeypatch.setattr(atomic, "open", lambda *a, **k: _FullDisk(open(*a, **k), room), raising=False)  # noqa: SIM115
+    """Files elmo.atomic opens share ``room`` bytes; writes beyond raise ENOSPC."""
+    left = [room]
+    monkeypatch.setattr(atomic, "open", lambda *a, **k: _FullDisk(open(*a, **k), left), raising=False)  # noqa: SIM115
 
 
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

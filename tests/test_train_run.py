@@ -565,16 +565,18 @@ def test_run_directory_is_locked(made, tmp_path):
 def test_run_files_are_written_atomically(made, tmp_path, monkeypatch):
     from test_train_checkpoint import full_disk
 
-    full_disk(monkeypatch, 100)  # options.json fits, run.json does not
+    options_text = json.dumps(made["options"], indent=2) + "\n"
+    full_disk(monkeypatch, len(options_text) + 10)  # options.json fits, run.json does not
+    run = tmp_path / "run"
     with pytest.raises(TrainError, match=r"cannot write the run's files in .*\[Errno 28\] No space left"):
-        Trainer(tmp_path / "run", made["options"], made["vocab"], _made_settings(made, max_steps=1))
-    assert not [
-        p.name
-        for p in (tmp_path / "run").iterdir()
-        if p.name.endswith((".tmp", ".json")) and p.name != "options.json"
-    ]
-    if (tmp_path / "run" / "options.json").exists():  # whole or absent
-        assert json.loads((tmp_path / "run" / "options.json").read_text()) == made["options"]
+        Trainer(run, made["options"], made["vocab"], _made_settings(made, max_steps=1))
+    assert sorted(p.name for p in run.iterdir()) == ["options.json", "vocab.txt"]  # no run.json, no temporary
+    assert (run / "options.json").read_text() == options_text
+    monkeypatch.undo()
+    assert [
+        r["step"]
+        for r in Trainer(run, made["options"], made["vocab"], _made_settings(made, max_steps=1)).run()
+    ] == [1]
 
 
 def test_full_disk_during_a_checkpoint_keeps_the_last_one(made, tmp_path, monkeypatch, capsys):
