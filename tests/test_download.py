@@ -8,6 +8,7 @@ released files, misbehaving on request (slow, stalled, dropped connections, igno
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -55,6 +56,8 @@ class _Server(ThreadingHTTPServer):
         self.settings: dict[str, float] = dict(
             chunk=64 * 1024, delay=0, ignore_range=0, no_length=0, unavailable=0, stall=0, short_by=0, drops=0
         )
+        # Paths answered with an endless body (no Content-Length), or with this announced length.
+        self.endless: dict[str, int | None] = {}
         self.log: list[tuple[str, str | None, int]] = []  # path, Range header, status
         self.if_range: list[str | None] = []  # the If-Range header of each ranged request
         # A strong ETag per path; a test changes one to stand for a new version of the file.
@@ -76,6 +79,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         srv, settings = self.server, self.server.settings
+        if self.path in srv.endless:
+            self._endless(srv.endless[self.path])
+            return
         body = srv.files.get(self.path)
         requested = self.headers.get("Range")
         weights = self.path.endswith(".hdf5")
@@ -126,6 +132,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             time.sleep(settings["delay"])
         # HTTP/1.0: the connection closes here, also after a short body.
+
+    def _endless(self, announced: int | None) -> None:
+        """Zeros until the client hangs up (at most 64 MiB, so a broken client cannot fill memory)."""
+        self.server.log.append((self.path, self.headers.get("Range"), 200))
+        self.send_response(200)
+        if announced is not None:
+            self.send_header("Content-Length", str(announced))
+        self.end_headers()
+        block = b"\0" * 65536
+        try:
+            for _ in range(1024):
+                self.wfile.write(block)
+        except OSError:
+            pass
 
 
 @pytest.fixture
@@ -546,3 +566,208 @@ def test_urls_in_the_allennlp_drop_in_and_the_cli(cache, server):
     )
     assert r.returncode == 0, r.stderr.decode()
     assert json.loads(r.stdout)["options"]["lstm"]["dim"] == 64
+
+
+# ---------------------------------------------------------------------- integrity and limits
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _register_checked(server: _Server, weights: bytes = WEIGHTS, options: bytes = OPTIONS) -> None:
+    """ "tiny": the served files, registered with the sizes and digests of the good ones."""
+    register_model(
+        "tiny",
+        f"{server.url}/t/o.json",
+        f"{server.url}/t/w.hdf5",
+        size=len(WEIGHTS),
+        sha256=_sha256(WEIGHTS),
+        options_size=len(OPTIONS),
+        options_sha256=_sha256(OPTIONS),
+    )
+    server.files.update({"/t/o.json": options, "/t/w.hdf5": weights})
+
+
+def test_registered_digests_are_checked(cache, server, capsys):
+    _register_checked(server)
+    download_model("tiny")
+    _assert_cached(cache, "tiny")
+    assert "no SHA-256" not in capsys.readouterr().err
+
+
+def test_flipped_bit_in_the_weights_is_refused_and_not_cached(cache, server):
+    flipped = bytearray(WEIGHTS)
+    flipped[len(WEIGHTS) // 2] ^= 0x01  # in the middle of a dataset: the structure still checks out
+    _register_checked(server, weights=bytes(flipped))
+    url = f"{server.url}/t/w.hdf5"
+    with pytest.raises(DownloadError) as info:
+        download_model("tiny", progress=False)
+    assert str(info.value) == (
+        f"the elmo 'tiny' weights downloaded from {url} differ from the registered file (SHA-256 expected "
+        f"{_sha256(WEIGHTS)}, found {_sha256(bytes(flipped))}), so they were deleted, not cached"
+    )
+    assert sorted(p.name for p in (cache / "tiny").iterdir()) == [".lock", "options.json"]
+    # The same file under no registered digest passes the structure check: only the digest
+    # tells the two apart.
+    register_model("tiny", f"{server.url}/t/o.json", url, size=len(WEIGHTS), replace=True)
+    download_model("tiny", progress=False)
+    assert (cache / "tiny" / "weights.hdf5").read_bytes() == bytes(flipped)
+
+
+def test_flipped_bit_in_the_options_is_refused(cache, server):
+    options = OPTIONS.replace(b'"dim": 64', b'"dim": 65') if b'"dim": 64' in OPTIONS else None
+    assert options is not None and len(options) == len(OPTIONS)
+    _register_checked(server, options=options)
+    with pytest.raises(
+        DownloadError, match=r"'tiny' options downloaded from .* differ from the registered file"
+    ):
+        download_model("tiny", progress=False)
+    assert not list((cache / "tiny").glob("options.json*"))
+    assert not server.weight_requests()
+
+
+def test_damaged_partial_file_is_caught_by_the_digest(cache, server):
+    """Bytes resumed from an earlier run are covered by the digest too."""
+    _register_checked(server)
+    (cache / "tiny").mkdir(parents=True)
+    (cache / "tiny" / "options.json").write_bytes(OPTIONS)
+    partial = bytearray(WEIGHTS[:200_000])
+    partial[150_000] ^= 0x80
+    (cache / "tiny" / "weights.hdf5.partial").write_bytes(bytes(partial))
+    with pytest.raises(DownloadError, match="differ from the registered file"):
+        download_model("tiny", progress=False)
+    assert not list((cache / "tiny").glob("weights.hdf5*"))
+    download_model("tiny", progress=False)  # the next run starts afresh
+    _assert_cached(cache, "tiny")
+
+
+def test_unknown_digests_are_said(cache, server, capsys):
+    assert download.released_model("small").weights_sha256 is None  # none published
+    download_model("small")
+    assert (
+        "no SHA-256 digest is registered for the options and weights of 'small': verified by size and "
+        "structure only" in capsys.readouterr().err
+    )
+
+
+def test_register_checks_digests():
+    with pytest.raises(ValueError, match="sha256 must be 64 hexadecimal digits"):
+        register_model("x", "a", "b", sha256="abc")
+    with pytest.raises(ValueError, match="options_size must be a positive number"):
+        register_model("x", "a", "b", options_size=-1)
+    assert "x" not in download.known_models()
+
+
+def test_endless_options_stop_at_the_cap(cache, server):
+    register_model("tiny", f"{server.url}/t/o.json", f"{server.url}/t/w.hdf5")
+    server.endless["/t/o.json"] = None
+    with pytest.raises(DownloadError) as info:
+        download_model("tiny", progress=False)
+    assert str(info.value).startswith(
+        f"cannot download elmo 'tiny' options from {server.url}/t/o.json (the server sent more than "
+        f"{download.MAX_OPTIONS_BYTES} bytes, the limit for options of unknown size"
+    )
+    assert sorted(p.name for p in (cache / "tiny").iterdir()) == [".lock"]
+
+
+@pytest.mark.parametrize("announced", [None, 50_000_000])
+def test_weights_over_the_cap_are_refused(cache, server, monkeypatch, announced):
+    monkeypatch.setattr(download, "MAX_WEIGHTS_BYTES", 2_000_000)
+    register_model("tiny", f"{server.url}/t/o.json", f"{server.url}/t/w.hdf5")
+    server.files["/t/o.json"] = OPTIONS
+    server.endless["/t/w.hdf5"] = announced
+    verb = "sent" if announced is None else "announces"
+    with pytest.raises(
+        DownloadError, match=rf"\(the server {verb} more than 2000000 bytes, the limit for weights"
+    ):
+        download_model("tiny", progress=False)
+    assert not list((cache / "tiny").glob("weights.hdf5*"))
+
+
+@pytest.mark.parametrize("how", ["parameter", "environment"])
+def test_trickling_server_meets_the_deadline_and_the_partial_file_resumes(cache, server, monkeypatch, how):
+    server.settings.update(chunk=2000, delay=0.02)  # 450 kB would take 4.5 s
+    kwargs = {}
+    if how == "parameter":
+        kwargs["deadline"] = 0.5
+    else:
+        monkeypatch.setenv("ELMO_DOWNLOAD_DEADLINE", "0.5")
+    t0 = time.monotonic()
+    with pytest.raises(
+        DownloadError, match=r"not finished within the deadline of 0.5 s .*are kept in .*partial"
+    ):
+        download_model("small", progress=False, **kwargs)
+    assert time.monotonic() - t0 < 3
+    kept = (cache / "small" / "weights.hdf5.partial").stat().st_size
+    assert 0 < kept < len(WEIGHTS)
+    server.settings.update(chunk=64 * 1024, delay=0)
+    monkeypatch.delenv("ELMO_DOWNLOAD_DEADLINE", raising=False)
+    download_model("small", progress=False)
+    _assert_cached(cache)
+    assert server.weight_requests()[-1] == (SMALL_WEIGHTS, f"bytes={kept}-", 206)
+
+
+def test_dropping_server_is_not_retried_forever(cache, server):
+    """Each attempt makes progress, so the retry budget never runs out: the deadline stops it."""
+    server.settings.update(drops=10**6, drop_after=1000, delay=0.01, chunk=1000)
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match="not finished within the deadline of 1 s"):
+        download_model("small", progress=False, deadline=1)
+    assert time.monotonic() - t0 < 4
+
+
+def test_bad_deadline(cache, monkeypatch):
+    monkeypatch.setenv("ELMO_DOWNLOAD_DEADLINE", "soon")
+    with pytest.raises(
+        DownloadError, match="ELMO_DOWNLOAD_DEADLINE: expected a number of seconds, found 'soon'"
+    ):
+        download_model("small", progress=False)
+    with pytest.raises(DownloadError, match="deadline: expected a positive, finite number"):
+        download_model("small", progress=False, deadline=float("nan"))
+
+
+class _FullDisk:
+    """An unbuffered file that takes ``room`` bytes, then fails as a full disk does."""
+
+    def __init__(self, f, room: int) -> None:
+        self.f, self.room = f, room
+
+    def write(self, data) -> int:
+        if self.room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = self.f.write(bytes(data)[: self.room])
+        self.room -= n
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def test_full_disk_keeps_the_partial_file_for_later(cache, server, monkeypatch, capsys):
+    def full_open(path, mode="r", *args, **kwargs):
+        f = open(path, mode, *args, **kwargs)  # noqa: SIM115
+        return _FullDisk(f, 150_000) if str(path).endswith(".partial") and "b" in mode else f
+
+    monkeypatch.setattr(download, "open", full_open, raising=False)
+    partial = cache / "small" / "weights.hdf5.partial"
+    assert cli.main(["download", "small", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"elmo download: error: cannot write {partial}: [Errno {errno.ENOSPC}] No space left on device; "
+        "the 150000 bytes written are kept and a later run resumes from them"
+    ]
+    assert partial.read_bytes() == WEIGHTS[:150_000]
+    assert not (cache / "small" / "weights.hdf5").exists()
+    monkeypatch.undo()
+    monkeypatch.setenv("ELMO_CACHE", str(cache))
+    monkeypatch.setenv("ELMO_DOWNLOAD_URL", server.url)
+    download_model("small", progress=False)
+    _assert_cached(cache)
+    assert server.weight_requests()[-1] == (SMALL_WEIGHTS, "bytes=150000-", 206)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +19,7 @@ import torch
 import elmo
 from conftest import ROOT, SHARED, needs_shared, shared_path
 from elmo.chars import batch_to_char_ids
-from elmo.errors import TrainError
+from elmo.errors import CheckpointError, TrainError
 from elmo.train.checkpoint import load_checkpoint
 from elmo.train.evaluate import perplexity
 from elmo.train.models import export_model, load_language_model
@@ -131,6 +133,7 @@ def test_export_loads_and_matches_training_model(corpus, tmp_path):
     trainer.run()
     out = export_model(tmp_path / "run", tmp_path / "export")
     assert sorted(p.name for p in out.iterdir()) == [
+        ".elmo-export",
         "lm_head.hdf5",
         "options.json",
         "training_options.json",
@@ -387,3 +390,244 @@ def test_cli_train_errors(corpus, tmp_path):
         assert "Traceback" not in proc.stderr
         # One error line (possibly after informational log lines).
         assert proc.stderr.strip().splitlines()[-1].startswith("elmo train: error: "), proc.stderr
+
+
+# ---------------------------------------------------------------------- integrity and safety
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> dict[str, Path]:
+    """A made-up corpus (no ../shared needed): two shards, their vocabulary, options."""
+    import random
+
+    root = tmp_path_factory.mktemp("made")
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(40)]
+    for k in range(2):
+        lines = [" ".join(rng.choices(words, k=rng.randint(3, 12))) for _ in range(200)]
+        (root / f"train-{k}.txt").write_text("\n".join(lines) + "\n")
+    vocab = root / "vocab.txt"
+    vocab.write_text("\n".join(build_vocab(sorted(root.glob("train-*.txt")))) + "\n")
+    options = json.loads(json.dumps(TINY))
+    options["n_tokens_vocab"] = Vocabulary.from_file(vocab).size
+    return {"root": root, "vocab": vocab, "train": str(root / "train-*.txt"), "options": options}
+
+
+def _made_settings(made, **kw) -> RunSettings:
+    base = dict(train=[made["train"]], seed=1, progress=False, save_every_steps=0, save_every_minutes=0)
+    base.update(kw)
+    return RunSettings(**base)
+
+
+def _made_run(made, run: Path, steps: int = 2, **changes) -> Path:
+    options = dict(made["options"], **changes)
+    Trainer(run, options, made["vocab"], _made_settings(made, max_steps=steps)).run()
+    return run
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("learning_rate", float("nan"), "'learning_rate' must be a finite number, found nan"),
+        ("learning_rate", float("inf"), "'learning_rate' must be a finite number, found inf"),
+        ("learning_rate", 0.0, "'learning_rate' must be > 0, found 0.0"),
+        ("all_clip_norm_val", float("nan"), "'all_clip_norm_val' must be a finite number, found nan"),
+        ("all_clip_norm_val", -1.0, "'all_clip_norm_val' must be > 0, found -1.0"),
+        ("dropout", 1.5, "'dropout' must be >= 0 and <= 1, found 1.5"),
+        ("dropout", float("-inf"), "'dropout' must be a finite number, found -inf"),
+        ("lstm.cell_clip", float("nan"), "'lstm.cell_clip' must be a finite number, found nan"),
+        ("lstm.proj_clip", float("inf"), "'lstm.proj_clip' must be a finite number, found inf"),
+        ("n_epochs", float("nan"), "'n_epochs' must be a finite number, found nan"),
+    ],
+)
+def test_non_finite_or_out_of_range_options_are_refused_before_any_work(made, tmp_path, name, value, message):
+    options = json.loads(json.dumps(made["options"]))
+    section, _, key = name.rpartition(".")
+    (options[section] if section else options)[key] = value
+    with pytest.raises(TrainError, match=re.escape(f"options: {message}")):
+        Trainer(tmp_path / "run", options, made["vocab"], _made_settings(made, max_steps=1))
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_cli_refuses_nan_options(made, tmp_path):
+    options = tmp_path / "options.json"
+    options.write_text(json.dumps(dict(made["options"], learning_rate=float("nan"))))  # NaN in JSON
+    proc = subprocess.run(
+        _cli(
+            "train",
+            "--options",
+            str(options),
+            "--vocab",
+            str(made["vocab"]),
+            "--train",
+            made["train"],
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "elmo train: error: options: 'learning_rate' must be a finite number, found nan"
+    ]
+
+
+def test_non_finite_loss_stops_without_overwriting_the_checkpoint(made, tmp_path):
+    run = _made_run(made, tmp_path / "run", steps=2)
+    before = (run / "checkpoint.pt").read_bytes()
+    trainer = Trainer(run, settings=_made_settings(made, max_steps=6, save_every_steps=1), resume=True)
+    with torch.no_grad():
+        trainer.model.softmax.bias[0] = float("nan")  # as a diverging run would end up
+    with pytest.raises(
+        TrainError, match=r"step 3: the loss is nan .*stopped without saving: the last checkpoint"
+    ):
+        trainer.run()
+    assert (run / "checkpoint.pt").read_bytes() == before
+    assert load_checkpoint(run / "checkpoint.pt").step == 2
+    # The good checkpoint resumes (the run directory is not left locked).
+    rows = Trainer(run, settings=_made_settings(made, max_steps=3), resume=True).run()
+    assert [r["step"] for r in rows] == [3] and math.isfinite(rows[0]["loss"])
+
+
+def test_damaged_checkpoint_is_refused_on_resume(made, tmp_path):
+    run = _made_run(made, tmp_path / "run", steps=1)
+    path = run / "checkpoint.pt"
+    ckpt = load_checkpoint(path)
+    data = bytearray(path.read_bytes())
+    raw = ckpt.model["softmax.weight"].numpy().tobytes()
+    data[bytes(data).index(raw[:64]) + 7] ^= 0x04  # one bit of one weight
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt: the checkpoint is corrupt"):
+        Trainer(run, settings=_made_settings(made, max_steps=2), resume=True)
+    proc = subprocess.run(
+        _cli("train", "--out", str(run), "--resume", "--quiet", "--max-steps", "2"),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"elmo train: error: {path}: the checkpoint is corrupt")
+
+
+def test_resume_refuses_another_vocabulary_or_options(made, tmp_path):
+    run = _made_run(made, tmp_path / "run", steps=1)
+    # --options that differ in any option, not only the architecture's
+    changed = dict(made["options"], learning_rate=0.5)
+    with pytest.raises(
+        TrainError, match=r"option 'learning_rate' is 0.5 but the checkpoint .* trained with 0.2"
+    ):
+        Trainer(run, changed, settings=_made_settings(made, max_steps=2), resume=True)
+    # the same options are fine
+    Trainer(run, made["options"], settings=_made_settings(made, max_steps=1), resume=True).run()
+    # the run's options.json edited in place
+    saved = (run / "options.json").read_text()
+    (run / "options.json").write_text(json.dumps(dict(made["options"], dropout=0.3)))
+    with pytest.raises(
+        TrainError, match=r"options.json: option 'dropout' differs from the options the checkpoint"
+    ):
+        Trainer(run, settings=_made_settings(made, max_steps=2), resume=True)
+    (run / "options.json").write_text(saved)
+    # the run's vocab.txt replaced by another of the same size
+    words = Vocabulary.from_file(run / "vocab.txt").words
+    (run / "vocab.txt").write_text("\n".join([*words[:3], *reversed(words[3:])]) + "\n")
+    with pytest.raises(TrainError, match=r"vocab.txt: differs from the vocabulary the checkpoint .*\(SHA"):
+        Trainer(run, settings=_made_settings(made, max_steps=2), resume=True)
+
+
+def test_run_directory_is_locked(made, tmp_path):
+    run = _made_run(made, tmp_path / "run", steps=1)
+    first = Trainer(run, settings=_made_settings(made, max_steps=2), resume=True)
+    assert (run / ".lock").read_text() == f"pid {os.getpid()}\n"
+    with pytest.raises(
+        TrainError, match=rf"another elmo train is running in this directory \(pid {os.getpid()}\)"
+    ):
+        Trainer(run, settings=_made_settings(made, max_steps=2), resume=True)
+    with pytest.raises(TrainError, match="another elmo train is running"):
+        Trainer(run, made["options"], made["vocab"], _made_settings(made, max_steps=2))
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        _cli("train", "--out", str(run), "--resume", "--quiet", "--max-steps", "2"),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 1 and time.monotonic() - t0 < 60
+    assert proc.stderr.strip().splitlines() == [
+        f"elmo train: error: {run}: another elmo train is running in this directory (pid {os.getpid()}); "
+        "wait for it to end or choose another directory"
+    ]
+    first.run()  # the first run is unharmed, and lets go when it ends
+    Trainer(run, settings=_made_settings(made, max_steps=3), resume=True).run()
+
+
+def test_run_files_are_written_atomically(made, tmp_path, monkeypatch):
+    from test_train_checkpoint import full_disk
+
+    options_text = json.dumps(made["options"], indent=2) + "\n"
+    full_disk(monkeypatch, len(options_text) + 10)  # options.json fits, run.json does not
+    run = tmp_path / "run"
+    with pytest.raises(TrainError, match=r"cannot write the run's files in .*\[Errno 28\] No space left"):
+        Trainer(run, made["options"], made["vocab"], _made_settings(made, max_steps=1))
+    assert sorted(p.name for p in run.iterdir()) == ["options.json", "vocab.txt"]  # no run.json, no temporary
+    assert (run / "options.json").read_text() == options_text
+    monkeypatch.undo()
+    assert [
+        r["step"]
+        for r in Trainer(run, made["options"], made["vocab"], _made_settings(made, max_steps=1)).run()
+    ] == [1]
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_last_one(made, tmp_path, monkeypatch, capsys):
+    from elmo import cli
+    from test_train_checkpoint import full_disk
+
+    run = _made_run(made, tmp_path / "run", steps=1)
+    before = (run / "checkpoint.pt").read_bytes()
+    full_disk(monkeypatch, 10_000)
+    code = cli.main(["train", "--out", str(run), "--resume", "--quiet", "--max-steps", "2"])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"elmo train: error: {run / 'checkpoint.pt'}: cannot write the checkpoint ([Errno 28] No space left "
+        "on device); the previous checkpoint is left as it was"
+    )
+    assert (run / "checkpoint.pt").read_bytes() == before
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    assert [
+        r["step"] for r in Trainer(run, settings=_made_settings(made, max_steps=2), resume=True).run()
+    ] == [2]
+
+
+def test_export_overwrite_replaces_only_an_export(made, tmp_path, capsys):
+    from elmo import cli
+    from elmo.errors import ModelError
+
+    run = _made_run(made, tmp_path / "run", steps=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "options.json").write_text("{}")
+    assert cli.main(["export", str(run), "-o", str(out), "--overwrite"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"elmo export: error: {out}: not a directory elmo export made (no .elmo-export); --overwrite "
+        "replaces only those: choose another directory or empty this one yourself"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "options.json"]
+
+    export_model(run, tmp_path / "exp")
+    export_model(run, tmp_path / "exp", overwrite=True)  # an export is replaced
+    assert elmo.load(tmp_path / "exp").config.lstm.dim == 32
+    (tmp_path / "exp" / "notes.txt").write_text("added later")
+    with pytest.raises(ModelError, match=r"exp: holds files elmo export did not write \(notes.txt\)"):
+        export_model(run, tmp_path / "exp", overwrite=True)
+    assert (tmp_path / "exp" / "notes.txt").read_text() == "added later"
+    with pytest.raises(ModelError, match="not a directory elmo export made"):
+        export_model(run, run, overwrite=True)  # never over the run itself
+    assert (run / "checkpoint.pt").is_file()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ModelError, match="file: exists and is not a directory"):
+        export_model(run, tmp_path / "file", overwrite=True)

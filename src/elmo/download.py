@@ -14,9 +14,20 @@
   beside it (``FILE.partial.validator``) and sent as ``If-Range``: if the file changed on
   the server in between, the server sends it whole and the download starts over instead
   of joining two versions. The size is checked against what the server announced (and
-  the registry, when it knows it), then the structure (the options parse; the weights'
-  datasets match the options), and only then is the file renamed into place. So a file
-  in the cache is complete, and a file placed there by hand is used as it is.
+  the registry, when it knows it), then the SHA-256 digest (when the registry knows it),
+  then the structure (the options parse; the weights' datasets match the options), and
+  only then is the file renamed into place. So a file in the cache is complete, and a
+  file placed there by hand is used as it is. A file whose digest differs is deleted, not
+  cached. No published source states the digests of AllenNLP's released files, so the
+  built-in registry has none (``sha256=None``): those are verified by size as announced
+  and by structure only, and the download says so.
+- Limits: a download stops at the registry's size, else at :data:`MAX_OPTIONS_BYTES` /
+  :data:`MAX_WEIGHTS_BYTES`, counted while streaming (an endless body without
+  ``Content-Length`` included); and each file has an overall deadline besides the
+  per-attempt timeout (``deadline=``, else ``$ELMO_DOWNLOAD_DEADLINE`` seconds, else
+  :data:`DEFAULT_DEADLINE`), after which the partial file is kept for a later run to resume.
+- A full disk (or any write error) stops at once with the file's name and the errno; the
+  partial file keeps what was written and a later run resumes from it.
 - A lock per model makes concurrent processes wait for one download and reuse it.
 """
 
@@ -49,6 +60,9 @@ except ImportError:  # Windows: no advisory locks; see _model_lock
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "DEFAULT_DEADLINE",
+    "MAX_OPTIONS_BYTES",
+    "MAX_WEIGHTS_BYTES",
     "PUBLISHED_BASE_URL",
     "ReleasedModel",
     "default_cache_dir",
@@ -65,6 +79,13 @@ PUBLISHED_BASE_URL = "https://s3-us-west-2.amazonaws.com/allennlp/models/elmo"
 OPTIONS_FILE, WEIGHTS_FILE = "options.json", "weights.hdf5"
 
 _CHUNK = 1 << 20
+# Caps for files whose size the registry does not know: an options file is a few hundred
+# bytes; the largest released weights are about 375 MB.
+MAX_OPTIONS_BYTES = 1 << 20
+MAX_WEIGHTS_BYTES = 4 << 30
+# Seconds one file may take in all (attempts, retries and waits), unless set otherwise.
+DEFAULT_DEADLINE = 4 * 3600.0
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 # Seconds before the first retry; doubled after each failed attempt that made no progress.
 _BACKOFF = 0.5
 _MAX_BACKOFF = 30.0
@@ -74,13 +95,20 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 @dataclass(frozen=True)
 class ReleasedModel:
-    """A model known by name: where its two files are published."""
+    """A model known by name: where its two files are published, and what they must be.
+
+    Sizes (bytes) and SHA-256 digests (lowercase hex) are checked when known; ``None``
+    means unknown, and the file is verified by structure only.
+    """
 
     name: str
     options_url: str
     weights_url: str
-    weights_size: int | None = None  # bytes, checked after download when known
+    weights_size: int | None = None
     description: str = ""
+    weights_sha256: str | None = None
+    options_size: int | None = None
+    options_sha256: str | None = None
 
 
 _REGISTRY: dict[str, ReleasedModel] = {}
@@ -94,19 +122,37 @@ def register_model(
     description: str = "",
     *,
     replace: bool = False,
+    sha256: str | None = None,
+    options_size: int | None = None,
+    options_sha256: str | None = None,
 ) -> ReleasedModel:
     """Make ``name`` loadable with ``elmo.load(name)`` and ``elmo ... --model name``.
 
-    ``size`` is the weight file's size in bytes, checked after the download when given.
+    ``size`` and ``sha256`` are the weight file's size in bytes and SHA-256 digest (hex),
+    ``options_size`` and ``options_sha256`` the options file's; each is checked after the
+    download when given, and a file that differs is deleted instead of cached.
     Registering a known name again needs ``replace=True`` (e.g. to point it at a mirror).
     """
     if not _NAME.fullmatch(name):
         raise ValueError(f"model name {name!r}: expected letters, digits, '.', '_' or '-', not a path")
     if name in _REGISTRY and not replace:
         raise ValueError(f"model name {name!r} is already registered; pass replace=True to change it")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
-        raise ValueError(f"model {name!r}: size must be a positive number of bytes, not {size!r}")
-    model = ReleasedModel(name, options_url, weights_url, size, description)
+    for label, n in (("size", size), ("options_size", options_size)):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n <= 0):
+            raise ValueError(f"model {name!r}: {label} must be a positive number of bytes, not {n!r}")
+    for label, digest in (("sha256", sha256), ("options_sha256", options_sha256)):
+        if digest is not None and not (isinstance(digest, str) and _SHA256.fullmatch(digest.lower())):
+            raise ValueError(f"model {name!r}: {label} must be 64 hexadecimal digits, not {digest!r}")
+    model = ReleasedModel(
+        name,
+        options_url,
+        weights_url,
+        size,
+        description,
+        sha256.lower() if sha256 else None,
+        options_size,
+        options_sha256.lower() if options_sha256 else None,
+    )
     _REGISTRY[name] = model
     return model
 
@@ -127,8 +173,10 @@ def is_model_name(name: object) -> bool:
 # allenai/allennlp allennlp/commands/elmo.py, and for small, medium, 5.5B ("large"),
 # Portuguese ("pt") and PubMed in ELMoEmbeddings of flairNLP/flair
 # flair/embeddings/legacy.py. No source found states the files' exact sizes in bytes (a
-# mirror on huggingface.co lists the original weights as "374 MB", rounded), so they are
-# verified by structure: the HDF5 file opens and its datasets match the options.
+# mirror on huggingface.co lists the original weights as "374 MB", rounded) or their
+# SHA-256 digests (AllenNLP's own download code checks none), so both are registered as
+# unknown (None) rather than guessed: these files are verified by the size the server
+# announces and by structure (the HDF5 file opens and its datasets match the options).
 for _name, _path, _weights, _description in (
     (
         "small",
@@ -172,6 +220,8 @@ for _name, _path, _weights, _description in (
         f"{PUBLISHED_BASE_URL}/{_path}_options.json",
         f"{PUBLISHED_BASE_URL}/{_path}{_weights}",
         description=_description,
+        sha256=None,
+        options_sha256=None,
     )
 
 
@@ -220,19 +270,41 @@ def download_model(
     progress: bool | None = None,
     timeout: float = 30.0,
     retries: int = 5,
+    deadline: float | None = None,
 ) -> Path:
     """Download a registered model into the cache (if not there yet); its directory.
 
     ``progress``: a progress bar on standard error (``None``: when it is a terminal, a
     line of text otherwise; ``False``: nothing). ``timeout``: seconds a connection may
     stay silent. ``retries``: attempts after one that fails without
-    any progress (one that made progress resumes at once). ``force``: download again
-    even if the files are cached.
+    any progress (one that made progress resumes at once). ``deadline``: seconds each
+    file may take in all (``None``: ``$ELMO_DOWNLOAD_DEADLINE``, else
+    :data:`DEFAULT_DEADLINE`); the partial file is kept for a later run. ``force``:
+    download again even if the files are cached.
 
     Raises :class:`DownloadError` naming the model, the URL and the path where the
     file belongs, so that it can be fetched by other means.
     """
-    return _fetch_model(released_model(name), cache_dir, force, progress, timeout, retries)
+    return _fetch_model(released_model(name), cache_dir, force, progress, timeout, retries, deadline)
+
+
+def _deadline(deadline: float | None) -> float:
+    """Seconds per file: ``deadline``, else ``$ELMO_DOWNLOAD_DEADLINE``, else the default."""
+    source = "deadline"
+    if deadline is None:
+        text = os.environ.get("ELMO_DOWNLOAD_DEADLINE")
+        if not text:
+            return DEFAULT_DEADLINE
+        source = "ELMO_DOWNLOAD_DEADLINE"
+        try:
+            deadline = float(text)
+        except ValueError:
+            raise DownloadError(
+                f"ELMO_DOWNLOAD_DEADLINE: expected a number of seconds, found {text!r}"
+            ) from None
+    if not deadline > 0 or deadline == float("inf"):
+        raise DownloadError(f"{source}: expected a positive, finite number of seconds, found {deadline!r}")
+    return deadline
 
 
 def _fetch_model(
@@ -242,10 +314,11 @@ def _fetch_model(
     progress: bool | None,
     timeout: float,
     retries: int,
+    deadline: float | None = None,
 ) -> Path:
     directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     directory = directory / model.name
-    job = _Download(model, directory, progress, timeout, retries)
+    job = _Download(model, directory, progress, timeout, retries, _deadline(deadline))
     if not force and job.options.is_file() and job.weights.is_file():
         return directory
     try:
@@ -308,6 +381,7 @@ def download_urls(
     progress: bool | None = None,
     timeout: float = 30.0,
     retries: int = 5,
+    deadline: float | None = None,
 ) -> Path:
     """Download a model given as the URLs of its two files; its cache directory.
 
@@ -318,12 +392,14 @@ def download_urls(
     """
     name = _registered_for(options_url, weights_url)
     if name is not None:
-        return download_model(name, cache_dir, progress=progress, timeout=timeout, retries=retries)
+        return download_model(
+            name, cache_dir, progress=progress, timeout=timeout, retries=retries, deadline=deadline
+        )
     digest = hashlib.sha256(f"{options_url}\n{weights_url}".encode()).hexdigest()[:16]
     model = ReleasedModel(
         f"url-{digest}", _https(options_url), _https(weights_url), None, "downloaded by URL"
     )
-    return _fetch_model(model, cache_dir, False, progress, timeout, retries)
+    return _fetch_model(model, cache_dir, False, progress, timeout, retries, deadline)
 
 
 def _https(url: str) -> str:
@@ -355,6 +431,10 @@ def _model_lock(directory: Path, say: Callable[[str], None]) -> Iterator[None]:
 
 class _Fatal(Exception):
     """A failure that retrying will not fix (HTTP 404, a size the registry contradicts)."""
+
+
+class _OutOfTime(_Fatal):
+    """The file's overall deadline passed; the partial file is kept."""
 
 
 class _Transient(Exception):
@@ -433,15 +513,43 @@ def _size(n: int | None) -> str:
     return "unknown size" if n is None else f"{n / 2**20:.1f} MiB"
 
 
+def _errno(e: OSError) -> str:
+    return f"[Errno {e.errno}] {e.strerror}" if e.errno else str(e)
+
+
+def _sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_all(out: Any, data: bytes) -> None:
+    """Write all of ``data`` to an unbuffered file (which may take less than asked)."""
+    view = memoryview(data)
+    while view:
+        n = out.write(view)
+        view = view[n:]
+
+
 class _Download:
     """Fetching one model's two files into its cache directory (under its lock)."""
 
     def __init__(
-        self, model: ReleasedModel, directory: Path, progress: bool | None, timeout: float, retries: int
+        self,
+        model: ReleasedModel,
+        directory: Path,
+        progress: bool | None,
+        timeout: float,
+        retries: int,
+        deadline: float = DEFAULT_DEADLINE,
     ) -> None:
         self.model, self.directory = model, directory
         self.options, self.weights = directory / OPTIONS_FILE, directory / WEIGHTS_FILE
         self.progress, self.timeout, self.retries = progress, timeout, retries
+        self.deadline = deadline
+        self.ends = time.monotonic() + deadline  # of the file being fetched
         # Without a lock, concurrent processes must not append to the same partial file.
         self.partial_suffix = ".partial" if fcntl is not None else f".{os.getpid()}.partial"
 
@@ -451,28 +559,57 @@ class _Download:
 
     def run(self) -> None:
         self.say(f"elmo: downloading model {self.model.name!r} into {self.directory}")
+        m = self.model
+        unknown = [
+            kind
+            for kind, digest in (("options", m.options_sha256), ("weights", m.weights_sha256))
+            if digest is None
+        ]
+        if unknown:
+            self.say(
+                f"elmo: no SHA-256 digest is registered for the {' and '.join(unknown)} of {m.name!r}: "
+                "verified by size and structure only"
+            )
         if not self.options.is_file():
-            self.fetch("options", _url(self.model.options_url), self.options, None, self._check_options)
+            self.fetch(
+                "options",
+                _url(m.options_url),
+                self.options,
+                m.options_size,
+                m.options_sha256,
+                self._check_options,
+            )
         if not self.weights.is_file():
             config = ElmoConfig.from_json(self.options)
 
             def check(path: Path) -> None:
                 check_weights(config, path)
 
-            self.fetch("weights", _url(self.model.weights_url), self.weights, self.model.weights_size, check)
+            self.fetch("weights", _url(m.weights_url), self.weights, m.weights_size, m.weights_sha256, check)
 
     @staticmethod
     def _check_options(path: Path) -> None:
         ElmoConfig.from_json(path)
 
     # ------------------------------------------------------------------ one file
-    def fetch(self, kind: str, url: str, dest: Path, size: int | None, check: Callable[[Path], None]) -> None:
+    def fetch(
+        self,
+        kind: str,
+        url: str,
+        dest: Path,
+        size: int | None,
+        sha256: str | None,
+        check: Callable[[Path], None],
+    ) -> None:
         """Download ``url`` to ``dest`` through a partial file: resume, retry, verify, rename."""
         partial = dest.with_name(dest.name + self.partial_suffix)
+        self.ends = time.monotonic() + self.deadline
         failures = 0
         while True:
             before = partial.stat().st_size if partial.exists() else 0
             try:
+                if time.monotonic() >= self.ends:
+                    raise _OutOfTime(self._out_of_time(partial))
                 self._attempt(kind, url, partial, size)
                 break
             except _Fatal as e:
@@ -488,9 +625,20 @@ class _Download:
                     raise self._error(
                         kind, url, dest, f"{_reason(e)}; gave up after {failures} attempts"
                     ) from None
-                delay = min(_BACKOFF * 2**failures, _MAX_BACKOFF)
+                delay = min(_BACKOFF * 2**failures, _MAX_BACKOFF, max(self.ends - time.monotonic(), 0.0))
                 self.say(f"elmo: {kind} of {self.model.name!r}: {_reason(e)}; retrying in {delay:.1f} s")
                 time.sleep(delay)
+        if sha256 is not None:
+            try:
+                found = _sha256_of(partial)
+            except OSError as e:
+                raise DownloadError(f"cannot read {partial}: {_errno(e)}") from None
+            if found != sha256:
+                _discard(partial)
+                raise DownloadError(
+                    f"the elmo {self.model.name!r} {kind} downloaded from {url} differ from the registered "
+                    f"file (SHA-256 expected {sha256}, found {found}), so they were deleted, not cached"
+                )
         try:
             check(partial)
         except (ConfigError, WeightsError) as e:
@@ -499,8 +647,24 @@ class _Download:
                 f"the elmo {self.model.name!r} {kind} downloaded from {url} are not valid, so they were "
                 f"deleted ({e}); is {url} the right address?"
             ) from None
-        publish(partial, dest)
+        try:
+            publish(partial, dest)
+        except OSError as e:
+            raise DownloadError(f"cannot move {partial} to {dest}: {_errno(e)}") from None
         _validator_path(partial).unlink(missing_ok=True)
+
+    def _out_of_time(self, partial: Path) -> str:
+        have = partial.stat().st_size if partial.exists() else 0
+        kept = f"; the {have} bytes so far are kept in {partial} and resume next time" if have else ""
+        return (
+            f"not finished within the deadline of {self.deadline:g} s (set ELMO_DOWNLOAD_DEADLINE to allow "
+            f"longer){kept}"
+        )
+
+    def _limit(self, kind: str, size: int | None) -> int:
+        if size is not None:
+            return size
+        return MAX_OPTIONS_BYTES if kind == "options" else MAX_WEIGHTS_BYTES
 
     def _attempt(self, kind: str, url: str, partial: Path, size: int | None) -> None:
         """One request: append to ``partial`` until the file is complete, or raise."""
@@ -518,8 +682,9 @@ class _Download:
             validator = _read_validator(partial)
             if validator:
                 request.add_header("If-Range", validator)
+        timeout = max(min(self.timeout, self.ends - time.monotonic()), 0.01)
         try:
-            response = urllib.request.urlopen(request, timeout=self.timeout)
+            response = urllib.request.urlopen(request, timeout=timeout)
         except urllib.error.HTTPError as e:
             e.close()
             if e.code == 416 and have:
@@ -553,18 +718,30 @@ class _Download:
             if size is not None and total is not None and total != size:
                 _discard(partial)
                 raise _Fatal(f"the server announces {total} bytes, the registry expects {size}")
+            limit = self._limit(kind, size)
+            if total is not None and total > limit:
+                _discard(partial)
+                raise _Fatal(self._too_big(kind, limit, "announces"))
             expected = total if total is not None else size
             self._stream(kind, response, partial, have, expected, size)
+
+    def _too_big(self, kind: str, limit: int, verb: str) -> str:
+        return (
+            f"the server {verb} more than {limit} bytes, the limit for {kind} of unknown size "
+            f"(elmo.download.MAX_{kind.upper()}_BYTES)"
+        )
 
     def _stream(
         self, kind: str, response: Any, partial: Path, have: int, expected: int | None, size: int | None
     ) -> None:
         read = getattr(response, "read1", response.read)
-        # Opened apart from the with below so that a file error is not taken for a network one.
+        limit = self._limit(kind, size)
+        # Opened apart from the with below so that a file error is not taken for a network one;
+        # unbuffered, so that a full disk is reported by the write that hit it.
         try:
-            out = open(partial, "ab" if have else "wb")  # noqa: SIM115
+            out = open(partial, "ab" if have else "wb", buffering=0)  # noqa: SIM115
         except OSError as e:
-            raise DownloadError(f"cannot write {partial}: {e.strerror}") from None
+            raise DownloadError(f"cannot write {partial}: {_errno(e)}") from None
         too_big = False
         with out, self._bar(kind, expected, have) as bar:
             while True:
@@ -572,18 +749,29 @@ class _Download:
                 chunk = read(_CHUNK)
                 if not chunk:
                     break
-                if size is not None and have + len(chunk) > size:
+                if have + len(chunk) > limit:
                     too_big = True
                     break
                 try:
-                    out.write(chunk)
+                    _write_all(out, chunk)
                 except OSError as e:
-                    raise DownloadError(f"cannot write {partial}: {e.strerror}") from None
+                    kept = (
+                        f"; the {partial.stat().st_size} bytes written are kept and a later run resumes "
+                        "from them"
+                        if partial.exists()
+                        else ""
+                    )
+                    raise DownloadError(f"cannot write {partial}: {_errno(e)}{kept}") from None
                 have += len(chunk)
                 bar.update(len(chunk))
+                # A server that trickles bytes never trips the per-read timeout.
+                if time.monotonic() >= self.ends:
+                    raise _OutOfTime(self._out_of_time(partial))
         if too_big:
             _discard(partial)
-            raise _Fatal(f"the server sent more than the {size} bytes the registry expects")
+            if size is not None:
+                raise _Fatal(f"the server sent more than the {size} bytes the registry expects")
+            raise _Fatal(self._too_big(kind, limit, "sent"))
         if expected is not None and have < expected:
             raise _Transient(f"connection closed after {have} of {expected} bytes")
 

@@ -16,7 +16,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "source", metavar="RUN_DIR", help="run directory, checkpoint.pt or bilm-tf checkpoint dir"
     )
     parser.add_argument("-o", "--output", required=True, metavar="DIR")
-    parser.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace DIR if it is an earlier export (never other files)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         history = trainer.run()
     finally:
-        trainer.world.close()
+        trainer.close()
     if history and trainer.world.is_main:
         last = history[-1]
         print(

@@ -33,6 +33,7 @@ from elmo.train.vocab import Vocabulary
 from elmo.weights import load_weights, save_weights
 
 __all__ = [
+    "EXPORT_MARKER",
     "LM_HEAD",
     "LoadedLM",
     "export_model",
@@ -186,6 +187,41 @@ def load_initial_weights(
                 optimizer.accumulators[name].copy_(acc)
 
 
+EXPORT_MARKER = ".elmo-export"
+# Every name an export writes: an --overwrite may delete these and nothing else.
+_EXPORT_FILES = frozenset(
+    {EXPORT_MARKER, "options.json", "weights.hdf5", LM_HEAD, "vocab.txt", "training_options.json"}
+)
+
+
+def _check_export_target(out: Path, overwrite: bool) -> None:
+    """Refuse an output directory whose replacement would delete what an export did not write."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise ModelError(f"{out}: exists and is not a directory; choose a directory for the export")
+    try:
+        names = sorted(p.name for p in out.iterdir())
+    except OSError as e:
+        raise ModelError(f"{out}: cannot list the directory: {e.strerror}") from None
+    if not names:
+        return
+    if not overwrite:
+        raise ModelError(f"{out}: exists and is not empty (pass overwrite=True / --overwrite to replace it)")
+    if EXPORT_MARKER not in names:
+        raise ModelError(
+            f"{out}: not a directory elmo export made (no {EXPORT_MARKER}); --overwrite replaces only "
+            "those: choose another directory or empty this one yourself"
+        )
+    foreign = [name for name in names if name not in _EXPORT_FILES]
+    if foreign:
+        raise ModelError(
+            f"{out}: holds files elmo export did not write ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); --overwrite would delete them: move them away "
+            "or choose another directory"
+        )
+
+
 def export_model(
     source: str | os.PathLike[str], out_dir: str | os.PathLike[str], overwrite: bool = False
 ) -> Path:
@@ -194,14 +230,18 @@ def export_model(
     ``options.json`` (inference form: ``n_characters`` 262, every LSTM key present)
     and ``weights.hdf5`` load with :func:`elmo.load`, AllenNLP and bilm-tf's inference
     code; ``lm_head.hdf5`` and ``vocab.txt`` make it usable for perplexity and
-    fine-tuning. The directory appears complete or not at all.
+    fine-tuning. The directory appears complete or not at all, marked as an export by
+    ``.elmo-export``. ``overwrite`` replaces only such a directory, and only while it holds
+    nothing but the files an export writes: anything else there is refused, never deleted.
     """
-    loaded = load_language_model(source)
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ModelError(f"{out}: exists and is not empty (pass overwrite=True / --overwrite to replace it)")
+    _check_export_target(out, overwrite)
+    loaded = load_language_model(source)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out) as tmp:
+        (tmp / EXPORT_MARKER).write_text(
+            "written by elmo export; elmo export --overwrite may replace this directory\n", encoding="utf-8"
+        )
         config = loaded.model.config.inference_options()
         inference = ElmoConfig(char_cnn=config.char_cnn, lstm=config.lstm)
         inference.to_json(tmp / "options.json")

@@ -11,6 +11,14 @@ A run directory holds ``options.json`` (the training options), ``vocab.txt``,
 Unlike bilm-tf, a checkpoint also keeps the LSTM state, the data position and the
 random generators, so ``--resume`` continues exactly where the run stopped.
 
+The run directory is locked while a run uses it (``.lock``, an exclusive ``flock`` held
+by the main process), so a second ``elmo train`` on it fails at once naming the first's
+process id. Options are checked before any work (every number finite and in range); a
+step whose loss or gradient norm is not finite stops the run without saving, so the last
+checkpoint stays the last good one. Checkpoints carry checksums and the digests of the
+vocabulary and options (:mod:`elmo.train.checkpoint`); ``--resume`` refuses a damaged
+checkpoint and a vocabulary or options that differ from the run's.
+
 Distributed runs split the global batch (``batch_size`` rows per rank at the start of
 the run) into data partitions: partition p reads shards p, p + P, p + 2P, ... and
 fills its own rows. A rank reads only its partitions, so a run can resume at another
@@ -19,6 +27,7 @@ world size as long as that size divides the number of partitions.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -36,10 +45,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from elmo.atomic import atomic_path, write_json_atomic
 from elmo.config import ElmoConfig
 from elmo.errors import TrainError
 from elmo.model import LayerState
-from elmo.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from elmo.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, vocab_digest
 from elmo.train.data import LMBatches
 from elmo.train.distributed import World
 from elmo.train.lm import TrainingBiLM, init_like_bilm_tf
@@ -48,11 +58,29 @@ from elmo.train.optim import Adagrad, clip_by_global_norm
 from elmo.train.text import count_tokens, find_shards
 from elmo.train.vocab import Vocabulary
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; the run directory is not locked there
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = ["RunSettings", "Trainer", "train", "train_step"]
 
 log = logging.getLogger("elmo.train")
 
 CHECKPOINT = "checkpoint.pt"
+LOCK = ".lock"
+# Ranges of the training options that are numbers (bilm-tf's keys); every other number
+# in the options must at least be finite. (low, high, whether low itself is allowed)
+_OPTION_RANGES: dict[str, tuple[float, float, bool]] = {
+    "learning_rate": (0.0, math.inf, False),
+    "all_clip_norm_val": (0.0, math.inf, False),
+    "dropout": (0.0, 1.0, True),
+    "n_epochs": (0.0, math.inf, False),
+    "n_train_tokens": (0.0, math.inf, False),
+    "n_negative_samples_batch": (0.0, math.inf, False),
+    "lstm.cell_clip": (0.0, math.inf, False),
+    "lstm.proj_clip": (0.0, math.inf, False),
+}
 LOG_FIELDS = (
     "step",
     "loss",
@@ -151,15 +179,37 @@ class Trainer:
         self.out = Path(out_dir)
         self.world = World.from_env(settings.device if settings else None)
         self.resume = resume
+        self._lock_file: Any = None
+        created = not self.out.exists()
+        if self.world.is_main:
+            self._lock_file = _lock_run_dir(self.out, create=not resume)
+        try:
+            self._setup(options, vocab, settings, resume)
+        except BaseException:
+            self.release()
+            if created and self.world.is_main:  # a run that never started leaves nothing behind
+                with contextlib.suppress(OSError):
+                    (self.out / LOCK).unlink()
+                    self.out.rmdir()
+            raise
+
+    def _setup(
+        self,
+        options: str | os.PathLike[str] | dict[str, Any] | None,
+        vocab: str | os.PathLike[str] | None,
+        settings: RunSettings | None,
+        resume: bool,
+    ) -> None:
         ckpt_path = self.out / CHECKPOINT
         ckpt: Checkpoint | None = None
         if resume:
             if not ckpt_path.is_file():
                 raise TrainError(f"{self.out}: nothing to resume (no {CHECKPOINT}); start without --resume")
             ckpt = load_checkpoint(ckpt_path)
-            saved = json.loads((self.out / "run.json").read_text(encoding="utf-8"))
+            saved = self._read_run_json()
             self.settings = self._merge_settings(saved, settings)
             self.options = self._check_options(options, ckpt.options)
+            self._check_run_options(ckpt.options)
             self.vocab_path = self.out / "vocab.txt"
             if vocab is not None:
                 self._check_vocab(Path(vocab))
@@ -175,6 +225,13 @@ class Trainer:
             self.options = self._read_options(options)
             self.vocab_path = Path(vocab)
         self.vocab = Vocabulary.from_file(self.vocab_path)
+        self.vocab_sha256 = vocab_digest(self.vocab.words)
+        if ckpt is not None and ckpt.vocab_sha256 is not None and ckpt.vocab_sha256 != self.vocab_sha256:
+            raise TrainError(
+                f"{self.vocab_path}: differs from the vocabulary the checkpoint in {self.out} was trained "
+                f"with (SHA-256 {self.vocab_sha256[:16]}..., the checkpoint's {ckpt.vocab_sha256[:16]}...)"
+            )
+        self._validate_numbers()
         self.config = _model_config(self.options, str(self.out / "options.json"))
         self._validate()
         self.device = (
@@ -251,12 +308,38 @@ class Trainer:
         if given is None:
             return saved
         new = self._read_options(given)
-        for key in ("lstm", "char_cnn", "n_tokens_vocab", "batch_size", "unroll_steps"):
-            if key in new and new.get(key) != saved.get(key):
-                raise TrainError(
-                    f"{given}: option '{key}' is {json.dumps(new.get(key))} but the checkpoint in "
-                    f"{self.out} was trained with {json.dumps(saved.get(key))}"
-                )
+        key = _first_difference(new, saved)
+        if key is not None:
+            raise TrainError(
+                f"{given}: option '{key}' is {_show(new, key)} but the checkpoint in "
+                f"{self.out} was trained with {_show(saved, key)}; resume without --options"
+            )
+        return saved
+
+    def _check_run_options(self, saved: dict[str, Any]) -> None:
+        """The run directory's options.json must still be the checkpoint's options."""
+        path = self.out / "options.json"
+        if not path.is_file():
+            return
+        try:
+            on_disk = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise TrainError(f"{path}: cannot read the run's options: {e}") from None
+        key = _first_difference(on_disk, saved) if isinstance(on_disk, dict) else "(the whole file)"
+        if key is not None:
+            raise TrainError(
+                f"{path}: option '{key}' differs from the options the checkpoint in {self.out} was "
+                f"trained with ({_show(on_disk, key)} vs {_show(saved, key)})"
+            )
+
+    def _read_run_json(self) -> dict[str, Any]:
+        path = self.out / "run.json"
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise TrainError(f"{path}: cannot read the run's settings: {' '.join(str(e).split())}") from None
+        if not isinstance(saved, dict):
+            raise TrainError(f"{path}: expected a JSON object of run settings")
         return saved
 
     def _check_vocab(self, given: Path) -> None:
@@ -278,6 +361,23 @@ class Trainer:
                 setattr(merged, key, getattr(given, key))
         merged.init_from = None
         return merged
+
+    def _validate_numbers(self) -> None:
+        """Every number in the options finite, the known ones in range; before any work."""
+        for name, value in _numbers(self.options):
+            if not math.isfinite(value):
+                raise TrainError(f"options: '{name}' must be a finite number, found {value}")
+            if name in _OPTION_RANGES:
+                low, high, low_ok = _OPTION_RANGES[name]
+                if value > high or value < low or (value == low and not low_ok):
+                    bound = f">= {low:g}" if low_ok else f"> {low:g}"
+                    if high != math.inf:
+                        bound += f" and <= {high:g}"
+                    raise TrainError(f"options: '{name}' must be {bound}, found {value}")
+        s = self.settings
+        for name, minutes in (("save_every_minutes", s.save_every_minutes),):
+            if not math.isfinite(minutes) or minutes < 0:
+                raise TrainError(f"{name} must be a finite number >= 0, found {minutes}")
 
     def _validate(self) -> None:
         opts = self.options
@@ -325,13 +425,14 @@ class Trainer:
             )
         if self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "options.json").write_text(
-                json.dumps(self.options, indent=2) + "\n", encoding="utf-8"
-            )
-            if self.vocab_path.resolve() != (self.out / "vocab.txt").resolve():
-                shutil.copyfile(self.vocab_path, self.out / "vocab.txt")
-            settings = asdict(self.settings)
-            (self.out / "run.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+            try:
+                write_json_atomic(self.out / "options.json", self.options, indent=2)
+                if self.vocab_path.resolve() != (self.out / "vocab.txt").resolve():
+                    with atomic_path(self.out / "vocab.txt") as tmp:
+                        shutil.copyfile(self.vocab_path, tmp)
+                write_json_atomic(self.out / "run.json", asdict(self.settings), indent=2)
+            except OSError as e:
+                raise TrainError(f"cannot write the run's files in {self.out}: {_os_reason(e)}") from None
             self._warn_about_corpus_size()
         self.world.barrier()
 
@@ -432,6 +533,7 @@ class Trainer:
             step=self.step,
             options=self.options,
             vocab_size=self.vocab.size,
+            vocab_sha256=self.vocab_sha256,
             model={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             optimizer={k: v.detach().cpu() for k, v in self.optimizer.state_dict().items()},
             lstm_state=lstm_state,
@@ -448,10 +550,28 @@ class Trainer:
         )
 
     def save(self) -> None:
+        """Write the checkpoint; refused (the last one kept) if a parameter is not finite."""
         ckpt = self.checkpoint()
         if self.world.is_main:
+            bad = next((k for k, v in ckpt.model.items() if not bool(torch.isfinite(v).all())), None)
+            if bad is not None:
+                raise TrainError(
+                    f"step {self.step}: parameter {bad} is not finite; no checkpoint written, the last one "
+                    f"in {self.out} is intact"
+                )
             save_checkpoint(ckpt, self.out / CHECKPOINT)
         self.world.barrier()
+
+    def release(self) -> None:
+        """Let go of the run directory's lock (the run ends, or failed to start)."""
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def close(self) -> None:
+        """Release the lock and the process group."""
+        self.release()
+        self.world.close()
 
     def run(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
         """Train until ``total_steps``; returns the logged rows of this session."""
@@ -473,6 +593,13 @@ class Trainer:
             while self.step < self.total_steps:
                 batch = next(self.batches)
                 row = self.train_step(batch)
+                if not (math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])):
+                    # The step is applied already: stop before anything saves its result.
+                    raise TrainError(
+                        f"step {self.step}: the loss is {row['loss']:g} and the gradient norm "
+                        f"{row['grad_norm']:g} (not finite); stopped without saving: the last checkpoint "
+                        f"in {self.out} is intact (a lower learning_rate or all_clip_norm_val may help)"
+                    )
                 window_steps += 1
                 now = time.monotonic()
                 row["perplexity"] = math.exp(min(row["loss"], 700.0))
@@ -503,6 +630,7 @@ class Trainer:
                 bar.close()
             if logger is not None:
                 logger.close()
+            self.release()
         return history
 
 
@@ -565,4 +693,77 @@ def train(
     try:
         return trainer.run()
     finally:
-        trainer.world.close()
+        trainer.close()
+
+
+def _os_reason(e: OSError) -> str:
+    return f"[Errno {e.errno}] {e.strerror}" if e.errno else str(e)
+
+
+def _lock_run_dir(out: Path, create: bool) -> Any:
+    """Take the run directory's lock (non-blocking); the open lock file, to close to release.
+
+    A second process fails at once with the process id the first wrote into the file."""
+    if fcntl is None:
+        return None
+    try:
+        if create:
+            out.mkdir(parents=True, exist_ok=True)
+        elif not out.is_dir():
+            return None  # nothing to resume: the caller says so
+        f = open(out / LOCK, "a+", encoding="utf-8")  # noqa: SIM115  held open while the run lasts
+    except OSError as e:
+        raise TrainError(f"cannot use {out} as the run directory: {_os_reason(e)}") from None
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise TrainError(
+            f"{out}: another elmo train is running in this directory ({holder}); "
+            "wait for it to end or choose another directory"
+        ) from None
+    except OSError:
+        return f  # a file system without locks (some NFS mounts): go on unlocked
+    with contextlib.suppress(OSError):
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+    return f
+
+
+def _numbers(value: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """(dotted name, value) of every number in an options object (booleans excluded)."""
+    found: list[tuple[str, float]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _numbers(item, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found += _numbers(item, f"{prefix}[{i}]")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        found.append((prefix, float(value)))
+    return found
+
+
+def _first_difference(new: dict[str, Any], saved: dict[str, Any], prefix: str = "") -> str | None:
+    """The dotted name of the first option that differs between two options objects."""
+    for key in sorted(set(new) | set(saved), key=str):
+        name = f"{prefix}.{key}" if prefix else str(key)
+        a, b = new.get(key), saved.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _first_difference(a, b, name)
+            if inner is not None:
+                return inner
+        elif json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+            return name
+    return None
+
+
+def _show(options: dict[str, Any], name: str) -> str:
+    value: Any = options
+    for part in name.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return json.dumps(value)
