@@ -5,8 +5,10 @@ tokens a lot, so each distinct token needs to go through the character CNN once.
 cache maps a token's character ids (as bytes) to a row of one preallocated tensor
 (a slab) on the model's device; the least recently used token is evicted when the slab
 is full. Values are stored exactly as computed, so a hit returns the same numbers a
-recomputation would (the encoder pads its products so that a token's result does not
-depend on the other tokens it is computed with).
+recomputation would in float32 and bfloat16 (the encoder pads its products so that a
+token's result does not depend on the other tokens it is computed with). In int8 the
+activations are quantized with a scale per product, so a token's encoding depends, within
+int8 rounding, on the batch that first computed it; the cache keeps that first result.
 
 Threads: one cache may serve calls from many threads. Every method holds the cache's
 reentrant :attr:`TokenCache.lock` while it reads or changes the map, the slab or the
