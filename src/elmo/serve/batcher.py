@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from elmo.choices import Layers
+from elmo.choices import LAYERS, Layers, check_choice
 from elmo.embedder import split_outputs
 from elmo.module import ElmoModule
 from elmo.serve.metrics import Counter, Histogram, ThroughputWindow
@@ -37,6 +37,7 @@ from elmo.serve.metrics import Counter, Histogram, ThroughputWindow
 __all__ = ["Batcher", "BatcherStopped", "Pool", "QueueFull", "pool_mean"]
 
 Pool = Literal["mean"]
+POOLS: tuple[Pool, ...] = ("mean",)
 
 # Sentences per model call and tokens per model call: the buckets of the batch-size histograms.
 _SENTENCE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -169,6 +170,11 @@ class Batcher:
         """Queue one request; its future gives one array per sentence, in order, as
         ``module.embed(sentences, layers)`` would (each through :func:`pool_mean` with
         ``pool="mean"``). Raises :class:`QueueFull` or :class:`BatcherStopped`."""
+        check_choice("layers", layers, LAYERS)
+        if pool is not None:
+            check_choice("pool", pool, POOLS)
+            if layers == "default":
+                raise ValueError("pool: layers='default' is already one vector per sentence")
         batch = [list(s) for s in sentences]
         tokens = sum(max(1, len(s)) for s in batch)
         request = _Request(batch, layers, pool, tokens, time.monotonic())
