@@ -107,7 +107,10 @@ class Connection:
         )
         self.writer.write(head + body)
         await self.writer.drain()
-        status = int((await self.reader.readline()).split()[1])
+        first = (await self.reader.readline()).split()
+        if not first:  # the server closed this connection (an idle keep-alive one)
+            raise ConnectionResetError("connection closed by the server")
+        status = int(first[1])
         length, close = 0, False
         while True:
             line = await self.reader.readline()
@@ -191,10 +194,18 @@ async def _open_loop(port: int, requests: list, rate: float, seconds: float) -> 
 
     async def one(k: int) -> None:
         body, tokens, _ = requests[k % len(requests)]
+        reused = bool(idle)
         conn = idle.pop() if idle else await Connection.open(port)
         start = time.perf_counter()
         try:
-            status, _, close = await conn.post(body)
+            try:
+                status, _, close = await conn.post(body)
+            except ConnectionResetError:
+                if not reused:
+                    raise
+                conn.close()  # an idle connection the server had closed: once more on a new one
+                conn = await Connection.open(port)
+                status, _, close = await conn.post(body)
         except (ConnectionError, asyncio.IncompleteReadError):
             level.statuses[-1] = level.statuses.get(-1, 0) + 1
             conn.close()
