@@ -209,7 +209,7 @@ LAYERS = [
         "elmo.vocab_embeddings",
         "elmo",
     ],
-    ["elmo.commands", "elmo.cli", "elmo.__main__"],
+    ["elmo.commands", "elmo.serve", "elmo.cli", "elmo.__main__"],
 ]
 
 

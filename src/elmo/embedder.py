@@ -22,7 +22,7 @@ from elmo.config import ElmoConfig
 from elmo.inputs import _as_str
 from elmo.model import widen_token_layer
 
-__all__ = ["LAYER_CHOICES", "TokenEmbedder", "embed", "embed_iter"]
+__all__ = ["LAYER_CHOICES", "TokenEmbedder", "embed", "embed_iter", "split_outputs"]
 
 LAYER_CHOICES = LAYERS
 
@@ -57,8 +57,9 @@ def _check_layers(layers: str) -> None:
     check_choice("layers", layers, LAYERS)
 
 
-def _split(out: dict[str, torch.Tensor], layers: str, n_layers: int) -> list[np.ndarray]:
-    """Per-sentence arrays (padding removed) of one batch's outputs."""
+def split_outputs(out: dict[str, torch.Tensor], layers: str, n_layers: int) -> list[np.ndarray]:
+    """Per-sentence arrays (padding removed) of one batch's outputs (:meth:`ElmoModule.outputs`),
+    as :func:`embed` returns them for ``layers``; also used by ``elmo serve``'s batcher."""
     lengths = out["mask"].sum(dim=1).tolist()
     if layers == "default":
         data = out["default"].detach().cpu().numpy()
@@ -100,7 +101,7 @@ def _batches_in_order(
             rows = order[start : start + batch_size]
             with torch.no_grad():
                 out = module.embed_tokens([window[i] for i in rows])
-            for i, array in zip(rows, _split(out, layers, n_layers)):
+            for i, array in zip(rows, split_outputs(out, layers, n_layers)):
                 results[i] = array
         yield from results  # type: ignore[misc]
 

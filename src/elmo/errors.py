@@ -15,6 +15,7 @@ __all__ = [
     "DownloadError",
     "ElmoError",
     "EmbedFileError",
+    "MissingExtraError",
     "ModelError",
     "TFCheckpointError",
     "TFImportError",
@@ -93,3 +94,7 @@ class ConfigurationError(ElmoError, ValueError):
     """What AllenNLP raises as ``ConfigurationError`` (a contradictory ``Elmo`` construction,
     a wrong number of mix parameters, an input file ``ElmoEmbedder.embed_file`` refuses), so
     that ``except ConfigurationError`` from ``elmo.allennlp`` catches the same cases."""
+
+
+class MissingExtraError(ElmoError, ImportError):
+    """An optional dependency group (``pip install "elmo-embeddings[EXTRA]"``) that is not installed."""

@@ -22,6 +22,7 @@ from elmo.commands import (
     info,
     models,
     perplexity,
+    serve,
     train,
     vocab,
     vocab_embeddings,
@@ -42,6 +43,7 @@ class Command(Protocol):
 
 COMMANDS: dict[str, Command] = {
     "embed": embed,
+    "serve": serve,
     "info": info,
     "vocab": vocab,
     "train": train,

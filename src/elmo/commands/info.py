@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING, Any
 
 from elmo.commands._model import add_model_args, load_model
 
-__all__ = ["HELP", "configure", "run"]
+if TYPE_CHECKING:
+    from elmo.module import ElmoModule
+
+__all__ = ["HELP", "configure", "model_facts", "run"]
 
 HELP = "show a model's configuration, size and outputs"
 
@@ -18,9 +22,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Print the model's summary on standard output."""
-    module = load_model(args)
+def model_facts(module: ElmoModule) -> dict[str, Any]:
+    """What ``elmo info --json`` prints (and ``elmo serve`` answers at ``/v1/model``): the
+    options, the number of parameters and the outputs' shapes."""
     cfg = module.config
     n_params = sum(p.numel() for p in module.bilm.parameters())
     proj = cfg.lstm.projection_dim
@@ -28,7 +32,15 @@ def run(args: argparse.Namespace) -> int:
     for k in range(1, cfg.lstm.n_layers + 1):
         outputs[f"lstm_outputs{k}"] = ["B", "T", 2 * proj]
     outputs.update({"elmo": ["B", "T", 2 * proj], "default": ["B", 2 * proj], "mask": ["B", "T"]})
-    info = {"options": cfg.to_dict(), "parameters": n_params, "outputs": outputs}
+    return {"options": cfg.to_dict(), "parameters": n_params, "outputs": outputs}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the model's summary on standard output."""
+    module = load_model(args)
+    cfg = module.config
+    info = model_facts(module)
+    n_params, outputs = info["parameters"], info["outputs"]
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

@@ -1,0 +1,28 @@
+"""``elmo serve``: an HTTP embedding service that batches across requests.
+
+- :mod:`elmo.serve.batcher`: micro-batching of requests on an inference thread (no HTTP);
+- :mod:`elmo.serve.metrics`: the Prometheus text of ``GET /metrics``;
+- :mod:`elmo.serve.app`: the FastAPI application (needs ``pip install "elmo-embeddings[serve]"``).
+
+Importing this package imports neither FastAPI nor uvicorn.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from elmo.errors import MissingExtraError
+
+__all__ = ["require_serve_extra"]
+
+
+def require_serve_extra() -> None:
+    """Raise :class:`~elmo.errors.MissingExtraError` (one line naming the extra) unless
+    FastAPI and uvicorn can be imported."""
+    for name in ("fastapi", "uvicorn"):
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise MissingExtraError(
+                f'elmo serve needs {name}, which is not installed: pip install "elmo-embeddings[serve]" ({e})'
+            ) from None

@@ -1,0 +1,192 @@
+"""The batcher of ``elmo serve``: requests merged into model calls, each getting its own result."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+import elmo
+from conftest import tiny_model
+from elmo.choices import LAYERS
+from elmo.serve.batcher import Batcher, BatcherStopped, QueueFull, pool_mean
+
+WORDS = "the cat sat on a mat and then ran far away from naïve dogs , quickly .".split()
+
+
+@pytest.fixture(scope="module")
+def module() -> Iterator[elmo.ElmoModule]:
+    # One thread: the tiny model gains nothing from two, and waits for a busy machine's cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield elmo.load(tiny_model(), engine="plain")
+    torch.set_num_threads(threads)
+
+
+def _sentences(rng: random.Random, n: int, longest: int = 12) -> list[list[str]]:
+    return [[rng.choice(WORDS) for _ in range(rng.randint(1, longest))] for _ in range(n)]
+
+
+# A sentence's outputs do not depend on its batch up to float32 rounding: a matrix product
+# may round a row differently by its position in the batch (seen on the tiny model's widths,
+# up to 1e-7; the bundled model's widths give equal bits on AVX-512). ``module.embed`` itself
+# differs by as much between two batch sizes.
+ATOL = 1e-6
+
+
+def _assert_same(got: list[np.ndarray], expected: list[np.ndarray]) -> None:
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g.dtype == np.float32 and g.shape == e.shape
+        np.testing.assert_allclose(g, e, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("layers", LAYERS)
+@pytest.mark.parametrize("pool", [None, "mean"])
+def test_each_request_gets_what_embed_gives_it_alone(module, layers, pool):
+    """Requests queued together run in one model call, yet each result equals
+    ``module.embed`` on that request's sentences alone."""
+    if pool and layers == "default":
+        with pytest.raises(ValueError, match="pool: layers='default' is already one vector per sentence"):
+            Batcher(module).submit([["a"]], layers, pool)
+        return
+    rng = random.Random(LAYERS.index(layers))
+    batcher = Batcher(module, max_batch_tokens=10_000, max_wait_ms=0)
+    requests = [_sentences(rng, rng.randint(1, 5)) for _ in range(6)]
+    futures = [batcher.submit(r, layers, pool) for r in requests]  # queued before the thread runs
+    batcher.start()
+    try:
+        for r, f in zip(requests, futures):
+            expected = module.embed(r, layers)
+            if pool == "mean":
+                expected = [pool_mean(a) for a in expected]
+            _assert_same(f.result(timeout=30), expected)
+    finally:
+        batcher.stop()
+    assert batcher.batch_sentences.count == 1  # one model call for all six requests
+    assert batcher.sentences_total.value() == sum(map(len, requests))
+
+
+def test_pool_mean_is_the_mean_over_tokens():
+    a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)  # [L, n, D]
+    np.testing.assert_array_equal(pool_mean(a), a.mean(axis=1))
+    np.testing.assert_array_equal(pool_mean(a[0]), a[0].mean(axis=0))
+
+
+def test_the_token_budget_splits_model_calls(module, monkeypatch):
+    """A budget of 20 padded tokens: no call has more (sentences x longest), and a request
+    spread over several calls still gets its own arrays, in order."""
+    rng = random.Random(3)
+    shapes = []
+    original = module.embed_tokens
+
+    def recording(batch):
+        if threading.current_thread().name == "elmo-inference":
+            shapes.append((len(batch), max(map(len, batch))))
+        return original(batch)
+
+    monkeypatch.setattr(module, "embed_tokens", recording)
+    batcher = Batcher(module, max_batch_tokens=20, max_wait_ms=0)
+    requests = [_sentences(rng, 4, longest=12) for _ in range(5)]
+    futures = [batcher.submit(r, "all") for r in requests]
+    batcher.start()
+    try:
+        for r, f in zip(requests, futures):
+            _assert_same(f.result(timeout=30), module.embed(r, "all"))
+    finally:
+        batcher.stop()
+    assert len(shapes) == batcher.batch_sentences.count > 1
+    assert all(rows * width <= 20 for rows, width in shapes), shapes
+
+
+def test_threads_submitting_at_once_each_get_their_own_result(module):
+    rng = random.Random(7)
+    batcher = Batcher(module, max_batch_tokens=256, max_wait_ms=2)
+    batcher.start()
+    requests = [(_sentences(rng, rng.randint(1, 4)), rng.choice(LAYERS)) for _ in range(40)]
+    results: dict[int, list[np.ndarray]] = {}
+
+    def client(k: int) -> None:
+        sentences, layers = requests[k]
+        results[k] = batcher.submit(sentences, layers).result(timeout=60)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.stop()
+    for k, (sentences, layers) in enumerate(requests):
+        _assert_same(results[k], module.embed(sentences, layers))
+
+
+def test_a_full_queue_refuses_with_a_retry_hint(module):
+    batcher = Batcher(module, max_queue=2)  # not started: nothing leaves the queue
+    batcher.submit([["a"]])
+    batcher.submit([["b"]])
+    assert batcher.full()
+    with pytest.raises(QueueFull, match=r"queue is full \(2 requests waiting, the --max-queue limit\)") as e:
+        batcher.submit([["c"]])
+    assert e.value.retry_after >= 1
+    assert batcher.queue_depth == 2
+
+
+def test_a_cancelled_request_leaves_the_queue_and_is_never_computed(module):
+    batcher = Batcher(module, max_queue=2, max_wait_ms=0)
+    keep = batcher.submit([["kept", "one"]])
+    drop = batcher.submit([["dropped"]])
+    assert drop.cancel()
+    assert batcher.queue_depth == 1 and batcher.cancelled_total.value() == 1
+    batcher.submit([["room", "again"]])  # the cancelled one's place is free
+    batcher.start()
+    keep.result(timeout=30)
+    batcher.stop()
+    assert batcher.sentences_total.value() == 2  # "dropped" never reached the model
+
+
+def test_stop_finishes_queued_requests_then_refuses(module):
+    batcher = Batcher(module, max_wait_ms=60_000)  # would wait a minute for company
+    futures = [batcher.submit([["a", "b"]]) for _ in range(3)]
+    batcher.start()
+    t0 = time.monotonic()
+    batcher.stop()
+    assert time.monotonic() - t0 < 30
+    assert all(len(f.result(timeout=0)) == 1 for f in futures)
+    with pytest.raises(BatcherStopped):
+        batcher.submit([["late"]])
+
+
+def test_a_failing_model_call_fails_only_its_requests(module, monkeypatch):
+    batcher = Batcher(module, max_wait_ms=0)
+    calls = []
+    original = module.embed_tokens
+
+    def flaky(batch):
+        calls.append(batch)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return original(batch)
+
+    monkeypatch.setattr(module, "embed_tokens", flaky)
+    first = batcher.submit([["x"]])
+    batcher.start()
+    with pytest.raises(RuntimeError, match="boom"):
+        first.result(timeout=30)
+    second = batcher.submit([["y"]])  # the thread lives on
+    assert second.result(timeout=30)[0].shape == (1, 32)
+    batcher.stop()
+
+
+def test_the_batcher_refuses_bad_settings_and_stateful_models(module):
+    with pytest.raises(ValueError, match="max_batch_tokens: expected an integer >= 1, found 0"):
+        Batcher(module, max_batch_tokens=0)
+    with pytest.raises(ValueError, match="max_queue"):
+        Batcher(module, max_queue=0)
+    stateful = elmo.load(tiny_model(), stateful=True)
+    with pytest.raises(ValueError, match="stateless"):
+        Batcher(stateful)
