@@ -88,8 +88,10 @@ def find_model_files(directory: PathLike) -> tuple[Path, Path]:
 
 
 def _beside(directory: Path, name: str) -> Path | None:
+    # Whatever has the name (a directory, a device, a broken link) is its reader's to refuse,
+    # with a message, rather than silently ignored.
     path = directory / name
-    return path if path.is_file() else None
+    return path if os.path.lexists(path) else None
 
 
 def _directory(path: Path, source: str) -> ModelFiles:

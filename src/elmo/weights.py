@@ -29,6 +29,7 @@ import torch
 from elmo.atomic import atomic_path
 from elmo.config import ElmoConfig
 from elmo.errors import WeightsError
+from elmo.files import check_regular_file
 from elmo.model import ElmoBiLM
 from elmo.names import CHAR_EMBED, LM_HEAD_SCOPE, one_layer_dataset, weight_names
 
@@ -91,10 +92,7 @@ def _alias(name: str, datasets: dict[str, h5py.Dataset], n_layers: int) -> str:
 
 
 def _open(path: Path) -> h5py.File:
-    if not path.exists():
-        raise WeightsError(f"{path}: weight file not found")
-    if path.is_dir():
-        raise WeightsError(f"{path}: is a directory, expected a weights.hdf5 file")
+    check_regular_file(path, "weight file", WeightsError)
     try:
         return h5py.File(path, "r")
     except OSError as e:
