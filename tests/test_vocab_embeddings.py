@@ -200,3 +200,15 @@ def test_output_is_independent_of_batching(tiny_module):
     for size in (3, 17):
         np.testing.assert_array_equal(vocab_embeddings(tiny_module, words, batch_size=size), whole)
     assert torch.is_grad_enabled()  # no leaked no_grad state
+
+
+def test_vocabulary_size_cap_and_special_files(tmp_path):
+    from elmo.vocab_embeddings import read_vocab
+
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as f:
+        f.truncate(10 * 2**30)  # sparse: refused from its size, without reading it
+    with pytest.raises(VocabEmbeddingsError, match=r"big\.txt: vocabulary of 10240 MiB, larger than"):
+        read_vocab(big)
+    with pytest.raises(VocabEmbeddingsError, match=r"^/dev/zero: is a character device"):
+        read_vocab("/dev/zero")

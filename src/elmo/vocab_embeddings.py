@@ -30,6 +30,7 @@ import torch
 from elmo.atomic import atomic_path
 from elmo.chars import token_to_char_ids
 from elmo.errors import VocabEmbeddingsError
+from elmo.files import VOCAB_CAP, read_bytes_capped
 from elmo.model import MIN_ROWS, ElmoBiLM, TokenEncoder
 from elmo.module import ElmoModule
 
@@ -106,7 +107,7 @@ def read_vocab(path: str | os.PathLike[str]) -> list[str]:
     empty, or holds more than one token, and for a file with no tokens.
     """
     path = Path(path)
-    data = path.read_bytes()
+    data = read_bytes_capped(path, VOCAB_CAP, "vocabulary", VocabEmbeddingsError)
     if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark is not part of the first token
         data = data[3:]
     lines = data.split(b"\n")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from elmo.convert import FORMATS, convert
 from elmo.errors import ConvertError
+from elmo.files import OPTIONS_CAP, parse_json, read_json_capped
 from elmo.resolve import MIX_FILE
 
 __all__ = ["HELP", "configure", "run"]
@@ -57,10 +57,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _read_options_file(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ConvertError(f"--options {path}: not a readable JSON file ({e})") from None
+    data = read_json_capped(path, OPTIONS_CAP, "--options file", ConvertError)
     if not isinstance(data, dict):
         raise ConvertError(f"--options {path}: expected a JSON object")
     return data
@@ -71,10 +68,7 @@ def _options(text: str | None) -> dict[str, Any] | Path | None:
     if text is None:
         return None
     if text.lstrip().startswith("{"):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConvertError(f"--options: not valid JSON: {e}") from None
+        return parse_json(text, "--options", ConvertError)
     return Path(text)
 
 

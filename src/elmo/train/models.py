@@ -25,6 +25,7 @@ import torch
 from elmo.atomic import atomic_dir
 from elmo.config import ElmoConfig
 from elmo.errors import ModelError
+from elmo.files import OPTIONS_CAP, read_json_capped
 from elmo.resolve import LM_HEAD, ModelFiles, resolve
 from elmo.train.checkpoint import load_checkpoint
 from elmo.train.lm import TrainingBiLM
@@ -103,7 +104,7 @@ def _from_bilm_tf(directory: Path, optimizer_state: bool) -> LoadedLM:
     options_path = directory / "options.json"
     if not options_path.is_file():
         raise ModelError(f"{directory}: a bilm-tf checkpoint directory needs the options.json of its run")
-    options = json.loads(options_path.read_text(encoding="utf-8"))
+    options = read_json_capped(options_path, OPTIONS_CAP, "options file", ModelError)
     config = ElmoConfig.from_dict(options, source=str(options_path))
     if "n_tokens_vocab" not in options:
         raise ModelError(f"{options_path}: missing 'n_tokens_vocab' (the softmax size)")
