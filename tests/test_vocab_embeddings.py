@@ -169,7 +169,7 @@ def test_command_line_model_directory(tiny_model_files, tmp_path):
 @pytest.mark.parametrize(
     ("argv", "error", "message"),
     [
-        (["--batch-size", "0"], VocabEmbeddingsError, "--batch-size"),
+        (["--batch-size", "0"], UsageError, "--batch-size"),
         (["--options", str(ALLENNLP / "options.json")], UsageError, "go together"),
         (["-m", "somewhere", "--options", "a", "--weights", "b"], UsageError, "not both"),
         (["-m", "no/such/dir"], FileNotFoundError, "no such model directory"),
@@ -185,9 +185,9 @@ def test_command_line_usage_errors(tmp_path, argv, error, message):
 @needs_vocab
 def test_command_line_missing_inputs(tiny_model_files, tmp_path):
     model = _model_args(tiny_model_files)
-    with pytest.raises(FileNotFoundError, match="vocabulary file not found"):
+    with pytest.raises(VocabEmbeddingsError, match=r"nope\.txt: vocabulary not found"):
         run(_args(str(tmp_path / "nope.txt"), "-o", str(tmp_path / "x.hdf5"), *model))
-    with pytest.raises(VocabEmbeddingsError, match="directory does not exist"):
+    with pytest.raises(VocabEmbeddingsError, match=r"the folder .* does not exist"):
         run(_args(str(VOCAB), "-o", str(tmp_path / "no" / "x.hdf5"), *model))
     with pytest.raises(VocabEmbeddingsError, match="is a directory"):
         run(_args(str(VOCAB), "-o", str(tmp_path), *model))

@@ -139,7 +139,9 @@ def _pair(options: PathLike, weights: PathLike, progress: bool | None) -> ModelF
         directory = download_urls(str(options), str(weights), progress=progress)
         return ModelFiles(directory / OPTIONS, directory / WEIGHTS, format="hdf5", source=source)
     for kind, path in (("options", options), ("weight", weights)):
-        if not Path(path).is_file():
+        # Only what is not there at all; a directory, device or link loop is its reader's
+        # to name.
+        if not os.path.lexists(path):
             raise FileNotFoundError(f"{os.fspath(path)}: {kind} file not found")
     return ModelFiles(Path(options), Path(weights), format="hdf5", source=source)
 

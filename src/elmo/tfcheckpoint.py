@@ -496,7 +496,7 @@ def latest_checkpoint(path: PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         state = path / "checkpoint"
-        if state.is_file():
+        if os.path.lexists(state) and not state.is_dir():  # a link or device: refused when read
             return _from_state_file(state)
         saved = path / "variables" / "variables"
         if _index_file(saved).is_file():

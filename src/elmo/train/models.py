@@ -31,7 +31,7 @@ from elmo.train.checkpoint import load_checkpoint
 from elmo.train.lm import TrainingBiLM
 from elmo.train.optim import Adagrad
 from elmo.train.vocab import Vocabulary
-from elmo.weights import load_weights, save_weights
+from elmo.weights import check_weights, load_weights, save_weights
 
 __all__ = [
     "LM_HEAD",
@@ -61,7 +61,7 @@ class LoadedLM:
 
 def _vocab_beside(directory: Path) -> Vocabulary | None:
     path = directory / "vocab.txt"
-    return Vocabulary.from_file(path) if path.is_file() else None
+    return Vocabulary.from_file(path) if os.path.lexists(path) else None
 
 
 def _from_checkpoint(path: Path) -> LoadedLM:
@@ -90,6 +90,9 @@ def _from_export(files: ModelFiles) -> LoadedLM:
             f"{head}: softmax/W {weight.shape} and softmax/b {bias.shape} do not fit "
             f"lstm.projection_dim={config.lstm.projection_dim}"
         )
+    if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+        raise ModelError(f"{head}: softmax/W or softmax/b contains NaN or infinite values")
+    check_weights(config, files.weights)  # before the model takes memory
     model = TrainingBiLM(config, weight.shape[0])
     load_weights(model.encoder, files.weights)
     with torch.no_grad():
