@@ -387,3 +387,13 @@ def test_cli_train_errors(corpus, tmp_path):
         assert "Traceback" not in proc.stderr
         # One error line (possibly after informational log lines).
         assert proc.stderr.strip().splitlines()[-1].startswith("elmo train: error: "), proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"), [(b"{not json", "not valid JSON"), (b"[1]", "a JSON object")]
+)
+def test_damaged_run_record_is_named(corpus, tmp_path, content, message):
+    Trainer(tmp_path / "run", _options(corpus), corpus["vocab"], _settings(corpus, max_steps=1)).run()
+    (tmp_path / "run" / "run.json").write_bytes(content)
+    with pytest.raises(TrainError, match=rf"run\.json: .*{message}"):
+        Trainer(tmp_path / "run", settings=_settings(corpus, max_steps=2), resume=True)

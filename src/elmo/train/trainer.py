@@ -38,6 +38,7 @@ import torch
 
 from elmo.config import ElmoConfig
 from elmo.errors import TrainError
+from elmo.files import MANIFEST_CAP, OPTIONS_CAP, read_json_capped
 from elmo.model import LayerState
 from elmo.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from elmo.train.data import LMBatches
@@ -157,7 +158,9 @@ class Trainer:
             if not ckpt_path.is_file():
                 raise TrainError(f"{self.out}: nothing to resume (no {CHECKPOINT}); start without --resume")
             ckpt = load_checkpoint(ckpt_path)
-            saved = json.loads((self.out / "run.json").read_text(encoding="utf-8"))
+            saved = read_json_capped(self.out / "run.json", MANIFEST_CAP, "run record", TrainError)
+            if not isinstance(saved, dict):
+                raise TrainError(f"{self.out / 'run.json'}: expected a JSON object")
             self.settings = self._merge_settings(saved, settings)
             self.options = self._check_options(options, ckpt.options)
             self.vocab_path = self.out / "vocab.txt"
@@ -245,7 +248,7 @@ class Trainer:
             return dict(options)
         path = Path(options)
         ElmoConfig.from_json(path)  # readable errors for a bad file
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json_capped(path, OPTIONS_CAP, "options file", TrainError)
 
     def _check_options(self, given: Any, saved: dict[str, Any]) -> dict[str, Any]:
         if given is None:
