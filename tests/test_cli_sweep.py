@@ -362,8 +362,8 @@ CASES = [
     Case(
         "options-dim-vs-weights",
         ["info", *WITH_OPTS],
-        "dataset 'CNN_proj/W_proj': expected shape (124, 4096)",
-        _options(lstm__dim=60000, lstm__projection_dim=4096),
+        "dataset 'CNN_proj/W_proj': expected shape (124, 512)",
+        _options(lstm__dim=4096, lstm__projection_dim=512),
         subprocess=True,
     ),
     # ---------------------------------------------------------------- weights.hdf5
