@@ -430,6 +430,18 @@ CASES = [
     ),
     # ---------------------------------------------------------------- model sources
     Case("model-missing", ["info", "nowhere"], "nowhere: no such model directory"),
+    Case(
+        "model-options-fifo",
+        ["info", "m"],
+        "m/options.json: is a FIFO",
+        _all(_model_dir, lambda t: (t / "m" / "options.json").unlink(), _fifo("m/options.json")),
+    ),
+    Case(
+        "model-weights-broken-link",
+        ["info", "m"],
+        "m/weights.hdf5: weight file not found",
+        _all(_model_dir, lambda t: (t / "m" / "weights.hdf5").unlink(), _link("m/weights.hdf5", "gone")),
+    ),
     Case("model-text-file", ["info", "in.txt"], "in.txt: pass the weights too", _in_txt),
     Case("model-empty-dir", ["info", "m"], "m: expected options.json", lambda t: (t / "m").mkdir()),
     Case(

@@ -74,8 +74,11 @@ def find_model_files(directory: PathLike) -> tuple[Path, Path]:
     directory = Path(directory)
     found = []
     for preferred, pattern in ((OPTIONS, "*.json"), (WEIGHTS, "*.hdf5")):
-        if (directory / preferred).is_file():
-            found.append(directory / preferred)
+        named = directory / preferred
+        # Any non-directory under the name (a device, a FIFO, a broken link) is its reader's to
+        # refuse with a message naming it.
+        if os.path.lexists(named) and not named.is_dir():
+            found.append(named)
             continue
         candidates = sorted(p for p in directory.glob(pattern) if p.is_file() and p.name != LM_HEAD)
         if len(candidates) != 1:
