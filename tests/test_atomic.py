@@ -11,7 +11,15 @@ import h5py
 import numpy as np
 import pytest
 
-from elmo.atomic import atomic_dir, atomic_path, atomic_write, publish, write_json_atomic, write_text_atomic
+from elmo.atomic import (
+    atomic_dir,
+    atomic_path,
+    atomic_write,
+    check_destination,
+    publish,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 class _Boom(Exception):
@@ -142,3 +150,19 @@ def test_directory_over_an_empty_one_and_a_new_one(tmp_path):
             (tmp / "f").write_text(name)
         assert (tmp_path / name / "f").read_text() == name
     assert sorted(os.listdir(tmp_path)) == ["empty", "new"]
+
+
+def test_a_missing_folder_or_a_directory_is_named_not_the_temporary(tmp_path):
+    target = tmp_path / "no" / "out.txt"
+    with pytest.raises(FileNotFoundError, match=r"out\.txt: the folder .*no does not exist$"):
+        write_text_atomic(target, "x")
+    with pytest.raises(IsADirectoryError, match=r": is a directory; expected a file name"):
+        check_destination(tmp_path)
+    (tmp_path / "file").write_text("x")
+    with (
+        pytest.raises(NotADirectoryError, match=r"file/out\.txt: .*file is not a folder"),
+        atomic_write(tmp_path / "file" / "out.txt"),
+    ):
+        pass
+    check_destination(tmp_path / "fine.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no temporary left anywhere

@@ -292,3 +292,34 @@ def test_info(tmp_path):
 def test_help_and_version():
     assert elmo_cmd("--version").stdout.startswith(b"elmo-embeddings ")
     assert b"--resume" in elmo_cmd("embed", "--help").stdout
+
+
+@pytest.mark.parametrize(
+    ("raised", "message"),
+    [
+        (MemoryError(), "elmo info: error: out of memory; run again with ELMO_DEBUG=1 for the traceback"),
+        (RecursionError("maximum recursion depth exceeded"), "elmo info: error: input nested too deeply"),
+        (
+            KeyError("x"),
+            "elmo info: error: unexpected internal error (KeyError: 'x'); run again with ELMO_DEBUG=1",
+        ),
+        (ValueError(""), "elmo info: error: unexpected internal error (ValueError); run again"),
+        (ValueError("a\nb"), "elmo info: error: a b"),
+    ],
+)
+def test_any_exception_is_one_line(monkeypatch, capsys, raised, message):
+    from elmo import cli
+    from elmo.commands import info
+
+    def fail(args):
+        raise raised
+
+    monkeypatch.setattr(info, "run", fail)
+    monkeypatch.delenv("ELMO_DEBUG", raising=False)
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        assert cli.main(["info"]) == 1
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err

@@ -119,3 +119,88 @@ def test_word_input_models_are_rejected():
         ElmoConfig.from_dict({"lstm": {"dim": 4, "projection_dim": 2}})
     with pytest.raises(ConfigError, match="expected a JSON object"):
         ElmoConfig.from_dict([1, 2])
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"lstm__dim": 10**7}, r"lstm\.dim: expected an integer <= 65536 .*, found 10000000"),
+        ({"lstm__dim": 1e300}, r"lstm\.dim: expected an integer <= 65536"),
+        ({"lstm__dim": float("inf")}, r"lstm\.dim: expected an integer, found Infinity"),
+        ({"lstm__dim": True}, r"lstm\.dim: expected an integer, found true"),
+        ({"lstm__n_layers": 10**6}, r"lstm\.n_layers: expected an integer <= 64"),
+        ({"lstm__cell_clip": float("nan")}, r"lstm\.cell_clip: expected a finite positive number .*NaN"),
+        ({"lstm__proj_clip": float("inf")}, r"lstm\.proj_clip: expected a finite positive number"),
+        ({"lstm__proj_clip": "3"}, r"lstm\.proj_clip: expected a positive number, found \"3\""),
+        (
+            {"char_cnn__max_characters_per_token": 10**9},
+            r"char_cnn\.max_characters_per_token: expected an integer <= 2048",
+        ),
+        ({"char_cnn__n_highway": 10**6}, r"char_cnn\.n_highway: expected an integer <= 64"),
+        ({"char_cnn__n_highway": -1}, r"char_cnn\.n_highway: expected an integer >= 0"),
+        (
+            {"char_cnn__filters": [[1, 4]] * 100_000},
+            r"char_cnn\.filters: expected at most 256 .*100000 pairs",
+        ),
+        (
+            {"char_cnn__filters": [[1, 10**7]]},
+            r"char_cnn\.filters\[0\]: expected \[width, number\] of integers",
+        ),
+        ({"char_cnn__filters": [[1, 40000], [2, 40000]]}, r"char_cnn\.filters: expected at most 65536 maps"),
+        ({"char_cnn__filters": []}, r"char_cnn\.filters: expected at least one"),
+        ({"char_cnn__filters": [[1, True]]}, r"char_cnn\.filters\[0\]"),
+        (
+            {"char_cnn__activation": "x" * 10**6},
+            r"char_cnn\.activation: .*found \"xxx.*\.\.\. \(str of 1,000,002",
+        ),
+    ],
+)
+def test_absurd_values_are_refused_before_any_model_is_built(changes, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        ElmoConfig.from_dict(_options(**changes), source="opts.json")
+    assert str(caught.value).startswith("opts.json: ") and "\n" not in str(caught.value)
+    assert len(str(caught.value)) < 300
+
+
+def test_embedding_dim_limit_and_total_parameters():
+    data = _options()
+    data["char_cnn"]["embedding"]["dim"] = 10**7
+    with pytest.raises(ConfigError, match=r"char_cnn\.embedding\.dim: expected an integer <= 4096"):
+        ElmoConfig.from_dict(data, source="opts.json")
+    # Each value within its range, together far too many parameters (about 0.6 PB).
+    huge = _options(lstm__dim=65536, lstm__projection_dim=65536, lstm__n_layers=64)
+    with pytest.raises(ConfigError, match=r"opts\.json: the options describe a biLM of [\d,]+ parameters"):
+        ElmoConfig.from_dict(huge, source="opts.json")
+
+
+@pytest.mark.parametrize("name", ["small", "medium", "original"])
+def test_released_sizes_are_within_the_limits_and_counted_exactly(name):
+    import torch
+
+    from elmo.model import ElmoBiLM
+
+    cfg = ElmoConfig.from_dict(ElmoConfig.preset(name).to_dict())
+    with torch.device("meta"):
+        bilm = ElmoBiLM(cfg)
+    assert cfg.n_parameters == sum(p.numel() for p in bilm.parameters())
+
+
+def test_options_file_caps_and_special_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"^/dev/zero: is a character device; expected the options file"):
+        ElmoConfig.from_json("/dev/zero")
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.truncate(10 * 2**30)
+    with pytest.raises(ConfigError, match=r"big\.json: options file of 10240 MiB, larger than the 16 MiB"):
+        ElmoConfig.from_json(big)
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"lstm": ' + "[" * 50_000 + "]" * 50_000 + "}")
+    with pytest.raises(ConfigError, match=r"deep\.json: JSON nested too deeply"):
+        ElmoConfig.from_json(deep)
+    digits = tmp_path / "digits.json"
+    digits.write_text('{"lstm": {"dim": ' + "9" * 5000 + "}}")
+    with pytest.raises(ConfigError, match=r"digits\.json: not valid JSON"):
+        ElmoConfig.from_json(digits)
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + (tiny_model() / "options.json").read_bytes())
+    assert ElmoConfig.from_json(bom) == ElmoConfig.from_json(tiny_model() / "options.json")

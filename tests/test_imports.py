@@ -191,6 +191,7 @@ LAYERS = [
         "elmo.errors",
         "elmo.choices",
         "elmo.atomic",
+        "elmo.files",
         "elmo.chars",
         "elmo.config",
         "elmo.names",

@@ -55,3 +55,50 @@ def test_stateful_flag_and_reset(tmp_path):
         third = m(["the cat"])["elmo"]
     assert not torch.equal(first, second)
     assert torch.equal(first, third)
+
+
+def test_weights_are_checked_before_the_model_takes_memory(tmp_path, monkeypatch):
+    import json
+
+    import elmo.loading
+    from elmo.errors import WeightsError
+
+    # Options far larger than the weights (a 60000-cell LSTM: about 30 GB of parameters).
+    options = json.loads(OPTIONS.read_text())
+    options["lstm"].update(dim=60000, projection_dim=4096)
+    (tmp_path / "options.json").write_text(json.dumps(options))
+    built = []
+    real = elmo.loading.ElmoBiLM
+
+    def record(config):
+        built.append(config)
+        if config.lstm.dim == 60000:  # never allocate it, whatever the code under test does
+            raise RuntimeError("the model was built before its weights were checked")
+        return real(config)
+
+    monkeypatch.setattr(elmo.loading, "ElmoBiLM", record)
+    with pytest.raises(WeightsError, match=r"weights\.hdf5: dataset '.*': expected shape .*, found"):
+        elmo.load(tmp_path / "options.json", WEIGHTS)
+    assert built == []  # refused from the file's metadata, before any parameter was allocated
+    elmo.load(OPTIONS, WEIGHTS)
+    assert len(built) == 1
+
+
+def test_layer_mix_file_errors_name_the_file(tmp_path):
+    shutil.copy(OPTIONS, tmp_path / "options.json")
+    shutil.copy(WEIGHTS, tmp_path / "weights.hdf5")
+    from elmo.errors import ConfigError
+
+    for text, message in [
+        ('{"weights": [1, "x"]}', "not a layer mix"),
+        ("[1, 2]", "not a layer mix"),
+        ('{"weights": [NaN, 1, 1]}', "must be finite"),
+        ("[" * 50_000, "nested too deeply"),
+    ]:
+        (tmp_path / "hub_mix.json").write_text(text)
+        with pytest.raises(ConfigError, match=rf"hub_mix\.json: .*{message}"):
+            elmo.load(tmp_path)
+    (tmp_path / "hub_mix.json").unlink()
+    (tmp_path / "hub_mix.json").symlink_to("/dev/zero")
+    with pytest.raises(ConfigError, match=r"hub_mix\.json: is a character device"):
+        elmo.load(tmp_path)

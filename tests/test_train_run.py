@@ -631,3 +631,13 @@ def test_export_overwrite_replaces_only_an_export(made, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ModelError, match="file: exists and is not a directory"):
         export_model(run, tmp_path / "file", overwrite=True)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"), [(b"{not json", "not valid JSON"), (b"[1]", "a JSON object")]
+)
+def test_damaged_run_record_is_named(corpus, tmp_path, content, message):
+    Trainer(tmp_path / "run", _options(corpus), corpus["vocab"], _settings(corpus, max_steps=1)).run()
+    (tmp_path / "run" / "run.json").write_bytes(content)
+    with pytest.raises(TrainError, match=rf"run\.json: .*{message}"):
+        Trainer(tmp_path / "run", settings=_settings(corpus, max_steps=2), resume=True)

@@ -105,7 +105,7 @@ def test_more_vocabulary_errors(tmp_path, caplog):
     path.write_bytes(b"<S>\n</S>\n<UNK>\ncaf\xe9\n")
     with pytest.raises(VocabularyError, match="line 4: not UTF-8"):
         Vocabulary.from_file(path)
-    with pytest.raises(VocabularyError, match="cannot read"):
+    with pytest.raises(VocabularyError, match=r"missing\.txt: vocabulary not found"):
         Vocabulary.from_file(tmp_path / "missing.txt")
     # A repeated token is accepted as bilm-tf accepts it (the later id wins), with a warning.
     with caplog.at_level(logging.WARNING):
@@ -189,3 +189,15 @@ def test_cli_errors(tmp_path):
     assert not (tmp_path / "v.txt").exists()
     with pytest.raises(SystemExit):
         _args("-o", "v.txt")
+
+
+def test_vocabulary_size_cap_and_special_files(tmp_path):
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as f:
+        f.truncate(10 * 2**30)  # sparse: refused from its size, without reading it
+    with pytest.raises(VocabularyError, match=r"big\.txt: vocabulary of 10240 MiB, larger than the 1024 MiB"):
+        Vocabulary.from_file(big)
+    with pytest.raises(VocabularyError, match=r"^/dev/zero: is a character device; expected the vocabulary"):
+        Vocabulary.from_file("/dev/zero")
+    with pytest.raises(VocabularyError, match=r": is a directory; expected the vocabulary"):
+        Vocabulary.from_file(tmp_path)

@@ -169,7 +169,7 @@ def test_command_line_model_directory(tiny_model_files, tmp_path):
 @pytest.mark.parametrize(
     ("argv", "error", "message"),
     [
-        (["--batch-size", "0"], VocabEmbeddingsError, "--batch-size"),
+        (["--batch-size", "0"], UsageError, "--batch-size"),
         (["--options", str(ALLENNLP / "options.json")], UsageError, "go together"),
         (["-m", "somewhere", "--options", "a", "--weights", "b"], UsageError, "not both"),
         (["-m", "no/such/dir"], FileNotFoundError, "no such model directory"),
@@ -185,9 +185,9 @@ def test_command_line_usage_errors(tmp_path, argv, error, message):
 @needs_vocab
 def test_command_line_missing_inputs(tiny_model_files, tmp_path):
     model = _model_args(tiny_model_files)
-    with pytest.raises(FileNotFoundError, match="vocabulary file not found"):
+    with pytest.raises(VocabEmbeddingsError, match=r"nope\.txt: vocabulary not found"):
         run(_args(str(tmp_path / "nope.txt"), "-o", str(tmp_path / "x.hdf5"), *model))
-    with pytest.raises(VocabEmbeddingsError, match="directory does not exist"):
+    with pytest.raises(VocabEmbeddingsError, match=r"the folder .* does not exist"):
         run(_args(str(VOCAB), "-o", str(tmp_path / "no" / "x.hdf5"), *model))
     with pytest.raises(VocabEmbeddingsError, match="is a directory"):
         run(_args(str(VOCAB), "-o", str(tmp_path), *model))
@@ -200,3 +200,15 @@ def test_output_is_independent_of_batching(tiny_module):
     for size in (3, 17):
         np.testing.assert_array_equal(vocab_embeddings(tiny_module, words, batch_size=size), whole)
     assert torch.is_grad_enabled()  # no leaked no_grad state
+
+
+def test_vocabulary_size_cap_and_special_files(tmp_path):
+    from elmo.vocab_embeddings import read_vocab
+
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as f:
+        f.truncate(10 * 2**30)  # sparse: refused from its size, without reading it
+    with pytest.raises(VocabEmbeddingsError, match=r"big\.txt: vocabulary of 10240 MiB, larger than"):
+        read_vocab(big)
+    with pytest.raises(VocabEmbeddingsError, match=r"^/dev/zero: is a character device"):
+        read_vocab("/dev/zero")

@@ -31,7 +31,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_dir", "atomic_path", "atomic_write", "publish", "write_json_atomic", "write_text_atomic"]
+__all__ = [
+    "atomic_dir",
+    "atomic_path",
+    "atomic_write",
+    "check_destination",
+    "publish",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -76,6 +84,22 @@ def publish(src: PathLike, path: PathLike) -> None:
     _fsync(_parent(path))
 
 
+def check_destination(path: PathLike) -> None:
+    """Raise an :class:`OSError` whose message names ``path`` if no file can be published
+    there: its folder is missing or not a folder, or ``path`` is a directory.
+
+    Commands call it before their work, so a bad output is refused before time is spent.
+    """
+    path = Path(path)
+    parent = _parent(path)
+    if not parent.is_dir():
+        if parent.exists():
+            raise NotADirectoryError(f"{path}: {parent} is not a folder")
+        raise FileNotFoundError(f"{path}: the folder {parent} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory; expected a file name")
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """A fresh temporary path beside ``path`` to write the new file to; it becomes ``path``
@@ -85,6 +109,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     not exist yet when the block starts.
     """
     path = Path(path)
+    check_destination(path)  # else the error would name the temporary, not the path
     tmp = _sibling(path, "tmp")
     try:
         yield tmp

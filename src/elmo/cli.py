@@ -52,11 +52,27 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # one line for the user; the traceback only when debugging
         if os.environ.get("ELMO_DEBUG"):
             raise
-        known = isinstance(e, (ElmoError, OSError, ValueError, TypeError))
-        text = str(e) if known else f"{type(e).__name__}: {e}"
-        print(f"{name}: error: {' '.join(text.split())}", file=sys.stderr)
+        print(f"{name}: error: {_one_line(e)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of ``e`` as one line. The library's errors (and ``OSError``, ``ValueError``,
+    ``TypeError``) carry messages written for the user; anything else is a failure with no
+    such message, said plainly with a pointer to the traceback."""
+    text = " ".join(str(e).split())
+    if isinstance(e, MemoryError):
+        return "out of memory" + (f" ({text})" if text else "") + "; " + _DEBUG_HINT
+    if isinstance(e, RecursionError):
+        return "input nested too deeply to process; " + _DEBUG_HINT
+    if isinstance(e, (ElmoError, OSError, ValueError, TypeError)) and text:
+        return text
+    what = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return f"unexpected internal error ({what}); {_DEBUG_HINT}"
+
+
+_DEBUG_HINT = "run again with ELMO_DEBUG=1 for the traceback"
 
 
 if __name__ == "__main__":

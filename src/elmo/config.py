@@ -11,6 +11,7 @@ The files bilm-tf's trainer writes add training keys at the top level, use
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,8 +19,29 @@ from typing import Any
 
 from elmo.atomic import write_json_atomic
 from elmo.errors import ConfigError
+from elmo.files import OPTIONS_CAP, parse_json, read_text_capped
 
-__all__ = ["PRESETS", "CharCNNConfig", "ElmoConfig", "LSTMConfig"]
+__all__ = ["MAX_PARAMETERS", "OPTION_LIMITS", "PRESETS", "CharCNNConfig", "ElmoConfig", "LSTMConfig"]
+
+# The largest value each option may take, checked when an options file is read, before any
+# model is built. The released models use at most: embedding.dim 16, 7 filters of width up
+# to 7 and 1024 maps (2048 together), n_highway 2, 50 characters per token, lstm.dim 4096,
+# projection_dim 512, n_layers 2. The limits leave room for research models many times
+# larger while refusing values that could only allocate until memory runs out (a dimension
+# of 10^7, 10^9 characters per token, 10^6 layers); MAX_PARAMETERS bounds their product.
+OPTION_LIMITS: dict[str, int] = {
+    "char_cnn.embedding.dim": 4096,
+    "char_cnn.filters": 256,  # [width, number] pairs
+    "char_cnn.filters number": 65536,  # maps of one filter, and of all filters together
+    "char_cnn.n_highway": 64,
+    "char_cnn.max_characters_per_token": 2048,
+    "lstm.dim": 65536,
+    "lstm.projection_dim": 65536,
+    "lstm.n_layers": 64,
+}
+# Parameters of the whole biLM (the released "original" model has 93.6 million): 2^34 is
+# 64 GiB of float32 values.
+MAX_PARAMETERS = 2**34
 
 _RELEASED_FILTERS = ((1, 32), (2, 32), (3, 64), (4, 128), (5, 256), (6, 512), (7, 1024))
 _ACTIVATIONS = ("relu", "tanh")
@@ -103,22 +125,8 @@ class ElmoConfig:
     def from_json(cls, path: str | os.PathLike[str]) -> ElmoConfig:
         """Read an ``options.json`` file; errors name the file, the key and the value."""
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: options file not found") from None
-        except IsADirectoryError:
-            raise ConfigError(f"{path}: is a directory, expected an options.json file") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read options file: {e.strerror}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(
-                f"{path}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
-            ) from None
+        text = read_text_capped(path, OPTIONS_CAP, "options file", ConfigError)
+        data = parse_json(text, str(path), ConfigError)
         return cls.from_dict(data, source=str(path))
 
     @classmethod
@@ -136,18 +144,31 @@ class ElmoConfig:
         lstm_d = reader.section(data, "lstm")
 
         filters_raw = reader.get(cnn_d, "char_cnn", "filters", list)
+        if not filters_raw:
+            reader.fail("char_cnn.filters", "at least one [width, number] pair", filters_raw)
+        if len(filters_raw) > OPTION_LIMITS["char_cnn.filters"]:
+            reader.fail(
+                "char_cnn.filters",
+                f"at most {OPTION_LIMITS['char_cnn.filters']} [width, number] pairs",
+                f"{len(filters_raw)} pairs",
+            )
+        most_maps = OPTION_LIMITS["char_cnn.filters number"]
         filters: list[tuple[int, int]] = []
         for i, item in enumerate(filters_raw):
             ok = (
                 isinstance(item, (list, tuple))
                 and len(item) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in item)
+                and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= most_maps for v in item)
             )
             if not ok:
-                reader.fail(f"char_cnn.filters[{i}]", "[width, number] of positive integers", item)
+                reader.fail(
+                    f"char_cnn.filters[{i}]", f"[width, number] of integers from 1 to {most_maps}", item
+                )
             filters.append((int(item[0]), int(item[1])))
-        if not filters:
-            reader.fail("char_cnn.filters", "at least one [width, number] pair", filters_raw)
+        if sum(n for _, n in filters) > most_maps:
+            reader.fail(
+                "char_cnn.filters", f"at most {most_maps} maps together", f"{sum(n for _, n in filters)} maps"
+            )
 
         embedding = reader.section(cnn_d, "embedding", prefix="char_cnn.")
         activation = reader.get(cnn_d, "char_cnn", "activation", str)
@@ -156,9 +177,7 @@ class ElmoConfig:
         n_characters = reader.get(cnn_d, "char_cnn", "n_characters", int, default=262)
         if n_characters not in (261, 262):
             reader.fail("char_cnn.n_characters", "261 (training ids) or 262 (inference ids)", n_characters)
-        max_chars = reader.get(cnn_d, "char_cnn", "max_characters_per_token", int)
-        if max_chars < 3:
-            reader.fail("char_cnn.max_characters_per_token", "an integer >= 3", max_chars)
+        max_chars = reader.get(cnn_d, "char_cnn", "max_characters_per_token", int, minimum=3)
         widest = max(w for w, _ in filters)
         if widest > max_chars:
             reader.fail(
@@ -187,9 +206,18 @@ class ElmoConfig:
         )
         if lstm.projection_dim > lstm.dim:
             reader.fail("lstm.projection_dim", f"at most lstm.dim ({lstm.dim})", lstm.projection_dim)
+        config = cls(char_cnn=char_cnn, lstm=lstm)
+        if config.n_parameters > MAX_PARAMETERS:
+            raise ConfigError(
+                f"{source}: the options describe a biLM of {config.n_parameters:,} parameters, more than "
+                f"the {MAX_PARAMETERS:,} allowed (lstm.dim={lstm.dim}, lstm.projection_dim="
+                f"{lstm.projection_dim}, lstm.n_layers={lstm.n_layers}, {char_cnn.n_filters} char_cnn "
+                f"filter maps, char_cnn.n_highway={char_cnn.n_highway})"
+            )
         training = {k: data[k] for k in _TRAINING_KEYS if k in data}
         extra = {k: v for k, v in data.items() if k not in (*_TRAINING_KEYS, "lstm", "char_cnn")}
-        return cls(char_cnn=char_cnn, lstm=lstm, training=training, extra=extra)
+        config.training, config.extra = training, extra
+        return config
 
     # ------------------------------------------------------------------ writing
     def to_dict(self) -> dict[str, Any]:
@@ -235,6 +263,16 @@ class ElmoConfig:
         return ElmoConfig(char_cnn=cnn, lstm=lstm, training=dict(self.training), extra=dict(self.extra))
 
     @property
+    def n_parameters(self) -> int:
+        """Number of parameters of the biLM these options describe (without an LM head)."""
+        cnn, lstm = self.char_cnn, self.lstm
+        width, proj, cells = cnn.n_filters, lstm.projection_dim, lstm.dim
+        token = 262 * cnn.embedding_dim + sum(w * cnn.embedding_dim * n + n for w, n in cnn.filters)
+        token += cnn.n_highway * 2 * (width * width + width) + width * proj + proj
+        layer = (2 * proj) * 4 * cells + 4 * cells + cells * proj
+        return token + 2 * lstm.n_layers * layer
+
+    @property
     def output_dim(self) -> int:
         """Width of the contextual outputs: forward and backward concatenated."""
         return 2 * self.lstm.projection_dim
@@ -256,7 +294,10 @@ class _Reader:
 
     def fail(self, key: str, expected: str, found: Any) -> None:
         where = f"{self.source}: {key}" if key else self.source
-        raise ConfigError(f"{where}: expected {expected}, found {json.dumps(found)}")
+        shown = json.dumps(found)
+        if len(shown) > 80:  # one readable line, whatever the file holds
+            shown = f"{shown[:60]}... ({type(found).__name__} of {len(shown):,} characters as JSON)"
+        raise ConfigError(f"{where}: expected {expected}, found {shown}")
 
     def section(self, data: dict, name: str, prefix: str = "") -> dict:
         if name not in data:
@@ -296,8 +337,11 @@ class _Reader:
                 {int: "an integer", bool: "true or false", str: "a string", list: "a list"}[kind],
                 value,
             )
+        most = OPTION_LIMITS.get(f"{section}.{key}") if kind is int else None
         if minimum is not None and value < minimum:
             self.fail(f"{section}.{key}", f"an integer >= {minimum}", value)
+        if most is not None and value > most:
+            self.fail(f"{section}.{key}", f"an integer <= {most} (elmo.config.OPTION_LIMITS)", value)
         return value
 
     def positive(self, data: dict, section: str, key: str) -> int:
@@ -309,4 +353,6 @@ class _Reader:
         value = data[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             self.fail(f"lstm.{key}", "a positive number", value)
+        if not value < math.inf:  # NaN or infinity: clipping to it yields NaN or nothing
+            self.fail(f"lstm.{key}", "a finite positive number (null for no clipping)", value)
         return value

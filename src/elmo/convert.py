@@ -45,6 +45,7 @@ import torch
 from elmo.atomic import atomic_dir
 from elmo.config import ElmoConfig
 from elmo.errors import ConvertError
+from elmo.files import OPTIONS_CAP, read_json_capped
 from elmo.model import ElmoBiLM
 from elmo.names import (
     CHAR_EMBED,
@@ -152,12 +153,7 @@ def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConvertError(f"{path}: options file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConvertError(f"{path}: cannot read options JSON: {e}") from None
+    data = read_json_capped(path, OPTIONS_CAP, "options file", ConvertError)
     if not isinstance(data, dict):
         raise ConvertError(f"{path}: expected a JSON object of options")
     return data

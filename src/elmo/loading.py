@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -12,11 +12,12 @@ import torch
 from elmo.config import ElmoConfig
 from elmo.engine import DEFAULT_CACHE_SIZE
 from elmo.errors import ConfigError
+from elmo.files import OPTIONS_CAP, read_json_capped
 from elmo.model import ElmoBiLM
 from elmo.module import ElmoModule
 from elmo.resolve import MIX_FILE, ModelFiles, find_model_files, resolve
 from elmo.runner import EngineOptions
-from elmo.weights import load_weights
+from elmo.weights import check_weights, load_weights
 
 __all__ = ["find_model_files", "load", "load_bilm", "load_bilm_files"]
 
@@ -32,9 +33,12 @@ def load_bilm(
     elif isinstance(options, dict):
         config = ElmoConfig.from_dict(options)
     else:
-        if not Path(options).is_file():
+        if not os.path.lexists(options):
             raise FileNotFoundError(f"{os.fspath(options)}: options file not found")
         config = ElmoConfig.from_json(options)
+    # The weight file's names, shapes and types against the options before the model takes
+    # any memory: options that do not belong to the weights are refused at no cost.
+    check_weights(config, weights)
     bilm = ElmoBiLM(config)
     load_weights(bilm, weights)
     if device is not None:
@@ -74,12 +78,14 @@ def _read_mix(path: Path | None) -> dict | None:
     """A layer mix written by :mod:`elmo.convert` (None: none, or several to choose from)."""
     if path is None:
         return None
+    mix = read_json_capped(path, OPTIONS_CAP, "layer mix file", ConfigError)
     try:
-        mix = json.loads(path.read_text(encoding="utf-8"))
         weights = [float(w) for w in mix["weights"]] if "weights" in mix else None
         gamma = float(mix.get("gamma", 1.0))
-    except (OSError, ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise ConfigError(f"{path}: not a layer mix written by elmo convert ({e})") from None
+    if not all(math.isfinite(w) for w in [*(weights or []), gamma]):
+        raise ConfigError(f"{path}: layer mix weights and gamma must be finite numbers")
     return None if weights is None else {"weights": weights, "gamma": gamma, "path": path}
 
 

@@ -74,8 +74,11 @@ def find_model_files(directory: PathLike) -> tuple[Path, Path]:
     directory = Path(directory)
     found = []
     for preferred, pattern in ((OPTIONS, "*.json"), (WEIGHTS, "*.hdf5")):
-        if (directory / preferred).is_file():
-            found.append(directory / preferred)
+        named = directory / preferred
+        # Any non-directory under the name (a device, a FIFO, a broken link) is its reader's to
+        # refuse with a message naming it.
+        if os.path.lexists(named) and not named.is_dir():
+            found.append(named)
             continue
         candidates = sorted(p for p in directory.glob(pattern) if p.is_file() and p.name != LM_HEAD)
         if len(candidates) != 1:
@@ -88,8 +91,10 @@ def find_model_files(directory: PathLike) -> tuple[Path, Path]:
 
 
 def _beside(directory: Path, name: str) -> Path | None:
+    # Whatever has the name (a directory, a device, a broken link) is its reader's to refuse,
+    # with a message, rather than silently ignored.
     path = directory / name
-    return path if path.is_file() else None
+    return path if os.path.lexists(path) else None
 
 
 def _directory(path: Path, source: str) -> ModelFiles:
@@ -137,7 +142,9 @@ def _pair(options: PathLike, weights: PathLike, progress: bool | None) -> ModelF
         directory = download_urls(str(options), str(weights), progress=progress)
         return ModelFiles(directory / OPTIONS, directory / WEIGHTS, format="hdf5", source=source)
     for kind, path in (("options", options), ("weight", weights)):
-        if not Path(path).is_file():
+        # Only what is not there at all; a directory, device or link loop is its reader's
+        # to name.
+        if not os.path.lexists(path):
             raise FileNotFoundError(f"{os.fspath(path)}: {kind} file not found")
     return ModelFiles(Path(options), Path(weights), format="hdf5", source=source)
 

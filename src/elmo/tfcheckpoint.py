@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from elmo.errors import TFCheckpointError
+from elmo.files import OPTIONS_CAP, read_text_capped
 
 __all__ = [
     "BundleHeader",
@@ -466,10 +467,7 @@ _STATE_LINE = re.compile(
 
 
 def _from_state_file(state: Path) -> Path:
-    try:
-        text = state.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise TFCheckpointError(f"{state}: cannot read checkpoint state file: {e}") from None
+    text = read_text_capped(state, OPTIONS_CAP, "checkpoint state file", TFCheckpointError)
     match = _STATE_LINE.search(text)
     if not match:
         raise TFCheckpointError(f"{state}: no model_checkpoint_path line in the checkpoint state file")
@@ -498,7 +496,7 @@ def latest_checkpoint(path: PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         state = path / "checkpoint"
-        if state.is_file():
+        if os.path.lexists(state) and not state.is_dir():  # a link or device: refused when read
             return _from_state_file(state)
         saved = path / "variables" / "variables"
         if _index_file(saved).is_file():

@@ -30,6 +30,7 @@ import torch
 from elmo.atomic import atomic_path
 from elmo.chars import token_to_char_ids
 from elmo.errors import VocabEmbeddingsError
+from elmo.files import VOCAB_CAP, read_bytes_capped
 from elmo.model import MIN_ROWS, ElmoBiLM, TokenEncoder
 from elmo.module import ElmoModule
 
@@ -106,7 +107,7 @@ def read_vocab(path: str | os.PathLike[str]) -> list[str]:
     empty, or holds more than one token, and for a file with no tokens.
     """
     path = Path(path)
-    data = path.read_bytes()
+    data = read_bytes_capped(path, VOCAB_CAP, "vocabulary", VocabEmbeddingsError)
     if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark is not part of the first token
         data = data[3:]
     lines = data.split(b"\n")
@@ -149,14 +150,15 @@ def _duplicates(words: Sequence[str]) -> list[tuple[str, int, int]]:
 
 def write_vocab_embeddings(
     model: ElmoModule | ElmoBiLM,
-    vocab_path: str | os.PathLike[str],
+    vocab_path: str | os.PathLike[str] | Sequence[str],
     out_path: str | os.PathLike[str],
     *,
     batch_size: int = 1024,
     overwrite: bool = False,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Embed every token of ``vocab_path`` and write ``out_path`` (HDF5).
+    """Embed every token of ``vocab_path`` (a file, or its words as read by
+    :func:`read_vocab`) and write ``out_path`` (HDF5).
 
     The file holds ``embedding`` [V, P] float32 (row i = token i) and ``vocab`` [V]
     (UTF-8 strings, the tokens in row order), and the model's options as the JSON
@@ -169,7 +171,7 @@ def write_vocab_embeddings(
     t0 = time.monotonic()
     out = Path(out_path)
     check_output(out, overwrite)
-    words = read_vocab(vocab_path)
+    words = read_vocab(vocab_path) if isinstance(vocab_path, (str, os.PathLike)) else list(vocab_path)
     bilm = _bilm_of(model)
     dim = bilm.config.lstm.projection_dim
     from tqdm import tqdm
@@ -202,4 +204,4 @@ def check_output(out_path: str | os.PathLike[str], overwrite: bool) -> None:
     if out.exists() and not overwrite:
         raise VocabEmbeddingsError(f"{out}: already exists; pass --overwrite to replace it")
     if not out.parent.is_dir():
-        raise VocabEmbeddingsError(f"{out.parent}: the output's directory does not exist")
+        raise VocabEmbeddingsError(f"{out}: the folder {out.parent} does not exist")

@@ -29,6 +29,7 @@ import torch
 from elmo.atomic import atomic_path
 from elmo.config import ElmoConfig
 from elmo.errors import WeightsError
+from elmo.files import check_regular_file
 from elmo.model import ElmoBiLM
 from elmo.names import CHAR_EMBED, LM_HEAD_SCOPE, one_layer_dataset, weight_names
 
@@ -91,10 +92,7 @@ def _alias(name: str, datasets: dict[str, h5py.Dataset], n_layers: int) -> str:
 
 
 def _open(path: Path) -> h5py.File:
-    if not path.exists():
-        raise WeightsError(f"{path}: weight file not found")
-    if path.is_dir():
-        raise WeightsError(f"{path}: is a directory, expected a weights.hdf5 file")
+    check_regular_file(path, "weight file", WeightsError)
     try:
         return h5py.File(path, "r")
     except OSError as e:
@@ -103,8 +101,22 @@ def _open(path: Path) -> h5py.File:
         ) from None
 
 
+# What h5py raises for a file whose structure (not its values) is damaged: its messages
+# ("Object visitation failed (bad symbol table node signature)") do not name the file.
+_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+
+
 def _read_plan(h5: h5py.File, bilm: ElmoBiLM, path: Path) -> list[tuple[str, h5py.Dataset, torch.Tensor]]:
     """Each stored dataset with the tensor it fills, after checking names, shapes and dtypes."""
+    try:
+        return _plan(h5, bilm, path)
+    except _H5_ERRORS as e:
+        if isinstance(e, WeightsError):
+            raise
+        raise WeightsError(f"{path}: cannot read the HDF5 structure (corrupt file?): {e}") from None
+
+
+def _plan(h5: h5py.File, bilm: ElmoBiLM, path: Path) -> list[tuple[str, h5py.Dataset, torch.Tensor]]:
     datasets = _list_datasets(h5)
     layout = list(dataset_layout(bilm))
     n_layers = bilm.config.lstm.n_layers
@@ -172,7 +184,7 @@ def load_weights(bilm: ElmoBiLM, path: str | os.PathLike[str]) -> None:
             try:
                 if ds.size:
                     ds.read_direct(dest)
-            except (OSError, ValueError, TypeError) as e:
+            except _H5_ERRORS as e:
                 raise WeightsError(f"{path}: dataset '{name}': cannot read values ({e})") from None
             if not np.isfinite(dest).all():
                 raise WeightsError(f"{path}: dataset '{name}': contains NaN or infinite values")

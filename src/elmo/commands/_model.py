@@ -15,7 +15,7 @@ from elmo.errors import UsageError
 if TYPE_CHECKING:
     from elmo.module import ElmoModule
 
-__all__ = ["add_device_arg", "add_engine_args", "add_model_args", "load_model"]
+__all__ = ["add_device_arg", "add_engine_args", "add_model_args", "check_device", "load_model"]
 
 _MODEL_HELP = (
     "model directory holding options.json and weights.hdf5, or a released model's name "
@@ -26,6 +26,31 @@ _MODEL_HELP = (
 def add_device_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--device``: where an inference model runs."""
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+
+
+def check_device(device: str | None) -> None:
+    """Raise :class:`UsageError` for a ``--device`` torch cannot name or this machine lacks,
+    before any model is loaded."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(
+            f"--device: expected a torch device such as cpu or cuda:0, found {device!r}"
+        ) from None
+    if dev.type == "cpu":
+        return
+    # torch.cuda, torch.xpu, ... (MPS reports through torch.backends.mps).
+    backend = torch.backends.mps if dev.type == "mps" else getattr(torch, dev.type, None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise UsageError(f"--device {device}: no {dev.type} device is available (torch {torch.__version__})")
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and count is not None and dev.index >= count():
+        raise UsageError(f"--device {device}: there are {count()} {dev.type} device(s), numbered from 0")
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, positional: bool = False, device: bool = True) -> None:
@@ -93,6 +118,7 @@ def load_model(args: argparse.Namespace, *, stateful: bool = False) -> ElmoModul
         raise UsageError(f"--cache-size: expected an integer >= 0, found {engine['cache_size']}")
     if engine.get("engine") == "plain" and engine.get("precision", "float32") != "float32":
         raise UsageError(f"--precision {engine['precision']} needs the fast engine, not --engine plain")
+    check_device(engine["device"])
     source = (args.options, args.weights) if args.options else (model, None)
     progress = False if getattr(args, "quiet", False) else None
     return elmo.load(*source, stateful=stateful, progress=progress, **engine)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
+from elmo.config import OPTION_LIMITS
 from elmo.convert import FORMATS, convert
-from elmo.errors import ConvertError
+from elmo.errors import ConvertError, UsageError
+from elmo.files import OPTIONS_CAP, parse_json, read_json_capped
 from elmo.resolve import MIX_FILE
 
 __all__ = ["HELP", "configure", "run"]
@@ -57,10 +59,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _read_options_file(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ConvertError(f"--options {path}: not a readable JSON file ({e})") from None
+    data = read_json_capped(path, OPTIONS_CAP, "--options file", ConvertError)
     if not isinstance(data, dict):
         raise ConvertError(f"--options {path}: expected a JSON object")
     return data
@@ -71,15 +70,22 @@ def _options(text: str | None) -> dict[str, Any] | Path | None:
     if text is None:
         return None
     if text.lstrip().startswith("{"):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConvertError(f"--options: not valid JSON: {e}") from None
+        return parse_json(text, "--options", ConvertError)
     return Path(text)
 
 
 def _flag_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The options given by the flags of the "what a checkpoint cannot show" group."""
+    """The options given by the flags of the "what a checkpoint cannot show" group; values no
+    options file may hold are refused here, before the checkpoint is read."""
+    most = OPTION_LIMITS["char_cnn.max_characters_per_token"]
+    chars = args.max_characters_per_token
+    if chars is not None and not 3 <= chars <= most:
+        raise UsageError(f"--max-characters-per-token: expected an integer from 3 to {most}, found {chars}")
+    for name in ("cell_clip", "proj_clip"):
+        value = getattr(args, name)
+        if value is not None and not 0 < value < math.inf:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag}: expected a finite positive number, found {value}")
     lstm: dict[str, Any] = {}
     cnn: dict[str, Any] = {}
     if args.activation is not None:
@@ -96,11 +102,15 @@ def _flag_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Convert; one line on standard error says what was written."""
-    options = _options(args.options)
     flags = _flag_options(args)
-    if flags:
-        base = _read_options_file(options) if isinstance(options, Path) else dict(options or {})
+    options = _options(args.options)
+    if isinstance(options, dict) or flags:
+        base = _read_options_file(options) if isinstance(options, Path) else options or {}
+        if not isinstance(base, dict):
+            raise ConvertError(f"--options: expected a JSON object, found {type(base).__name__}")
         for section, values in flags.items():
+            if not isinstance(base.get(section, {}), dict):
+                raise ConvertError(f"--options: {section}: expected a JSON object")
             base[section] = {**base.get(section, {}), **values}
         options = base
     result = convert(args.src, args.output, format=args.format, options=options, overwrite=args.overwrite)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from elmo.commands._model import add_device_arg
+from elmo.commands._model import add_device_arg, check_device
 
 __all__ = ["HELP", "configure", "run"]
 
@@ -35,27 +35,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Score the text files; the result as one JSON line on standard output."""
-    from elmo.errors import DataError, ModelError
+    from elmo.errors import DataError, ModelError, UsageError
     from elmo.train.evaluate import perplexity
     from elmo.train.models import load_language_model
     from elmo.train.text import find_shards, read_sentences
     from elmo.train.vocab import Vocabulary
 
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, found {args.batch_size}")
+        raise UsageError(f"--batch-size: expected a positive integer, found {args.batch_size}")
+    # What can be refused without the model is refused before loading it.
+    check_device(args.device)
+    files = find_shards(args.data)
+    given = Vocabulary.from_file(args.vocab) if args.vocab else None
     loaded = load_language_model(args.model)
-    if args.vocab:
-        vocab = Vocabulary.from_file(args.vocab)
-    elif loaded.vocab is not None:
-        vocab = loaded.vocab
-    else:
+    vocab = given if given is not None else loaded.vocab
+    if vocab is None:
         raise ModelError(f"{args.model}: has no vocab.txt; pass --vocab")
     if vocab.size != loaded.model.vocab_size:
         raise ModelError(
-            f"the vocabulary has {vocab.size} words but the model's softmax has "
-            f"{loaded.model.vocab_size} rows"
+            f"{args.vocab or args.model}: the vocabulary has {vocab.size} words but the softmax of "
+            f"{args.model} has {loaded.model.vocab_size} rows"
         )
-    files = find_shards(args.data)
     if args.device:
         loaded.model.to(args.device)
     bar = None
@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         result = perplexity(
             loaded.model, vocab, read_sentences(files), chunk_tokens=args.batch_size, progress=bar
         )
+    except DataError:
+        raise  # names its file and line already
     except ValueError as e:
         raise DataError(f"{', '.join(args.data)}: {e}") from None
     finally:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from elmo.errors import DataError
+from elmo.atomic import check_destination
+from elmo.errors import DataError, UsageError
 from elmo.train.text import find_shards
 from elmo.train.vocab import SPECIAL_TOKENS, token_counts, vocab_from_counts, write_vocab
 
@@ -34,6 +35,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Count the corpus, write the vocabulary, print a summary to standard error."""
+    if args.min_count < 1:
+        raise UsageError(f"--min-count: expected an integer >= 1, found {args.min_count}")
+    if args.max_size is not None and args.max_size < len(SPECIAL_TOKENS):
+        raise UsageError(
+            f"--max-size: expected an integer >= {len(SPECIAL_TOKENS)} (the special tokens), "
+            f"found {args.max_size}"
+        )
+    check_destination(args.output)  # before the corpus is counted
     files = find_shards(args.corpus)
     counts = token_counts(files)
     total = sum(counts.values())

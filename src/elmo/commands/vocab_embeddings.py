@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from elmo.commands._model import add_model_args, load_model
-from elmo.errors import VocabEmbeddingsError
-from elmo.vocab_embeddings import check_output, write_vocab_embeddings
+from elmo.errors import UsageError
+from elmo.vocab_embeddings import check_output, read_vocab, write_vocab_embeddings
 
 __all__ = ["HELP", "configure", "run"]
 
@@ -28,15 +27,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Write the embeddings; a warning for repeated tokens and a summary on standard error."""
     if args.batch_size < 1:
-        raise VocabEmbeddingsError(f"--batch-size: expected a positive integer, found {args.batch_size}")
-    if not Path(args.vocab).is_file():
-        raise FileNotFoundError(f"{args.vocab}: vocabulary file not found")
-    # Refuse a bad output before spending time on loading the model.
+        raise UsageError(f"--batch-size: expected a positive integer, found {args.batch_size}")
+    # Refuse a bad vocabulary or output before spending time on loading the model.
     check_output(args.output, args.overwrite)
+    words = read_vocab(args.vocab)
     module = load_model(args)
     summary = write_vocab_embeddings(
         module,
-        args.vocab,
+        words,
         args.output,
         batch_size=args.batch_size,
         overwrite=args.overwrite,

@@ -25,12 +25,13 @@ import torch
 from elmo.atomic import atomic_dir
 from elmo.config import ElmoConfig
 from elmo.errors import ModelError
+from elmo.files import OPTIONS_CAP, read_json_capped
 from elmo.resolve import LM_HEAD, ModelFiles, resolve
 from elmo.train.checkpoint import load_checkpoint
 from elmo.train.lm import TrainingBiLM
 from elmo.train.optim import Adagrad
 from elmo.train.vocab import Vocabulary
-from elmo.weights import load_weights, save_weights
+from elmo.weights import check_weights, load_weights, save_weights
 
 __all__ = [
     "EXPORT_MARKER",
@@ -61,7 +62,7 @@ class LoadedLM:
 
 def _vocab_beside(directory: Path) -> Vocabulary | None:
     path = directory / "vocab.txt"
-    return Vocabulary.from_file(path) if path.is_file() else None
+    return Vocabulary.from_file(path) if os.path.lexists(path) else None
 
 
 def _from_checkpoint(path: Path) -> LoadedLM:
@@ -90,6 +91,9 @@ def _from_export(files: ModelFiles) -> LoadedLM:
             f"{head}: softmax/W {weight.shape} and softmax/b {bias.shape} do not fit "
             f"lstm.projection_dim={config.lstm.projection_dim}"
         )
+    if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+        raise ModelError(f"{head}: softmax/W or softmax/b contains NaN or infinite values")
+    check_weights(config, files.weights)  # before the model takes memory
     model = TrainingBiLM(config, weight.shape[0])
     load_weights(model.encoder, files.weights)
     with torch.no_grad():
@@ -104,7 +108,7 @@ def _from_bilm_tf(directory: Path, optimizer_state: bool) -> LoadedLM:
     options_path = directory / "options.json"
     if not options_path.is_file():
         raise ModelError(f"{directory}: a bilm-tf checkpoint directory needs the options.json of its run")
-    options = json.loads(options_path.read_text(encoding="utf-8"))
+    options = read_json_capped(options_path, OPTIONS_CAP, "options file", ModelError)
     config = ElmoConfig.from_dict(options, source=str(options_path))
     if "n_tokens_vocab" not in options:
         raise ModelError(f"{options_path}: missing 'n_tokens_vocab' (the softmax size)")

@@ -51,11 +51,12 @@ def find_shards(patterns: str | os.PathLike[str] | Iterable[str | os.PathLike[st
             hits = glob.glob(text, recursive=True)
             matches = [m for m in hits if os.path.isfile(m)]
             if not matches:
-                why = (
-                    "matches only directories (give a pattern such as DIR/*.txt)"
-                    if hits
-                    else "matches no file"
-                )
+                if not hits:
+                    why = "matches no file"
+                elif all(os.path.isdir(m) for m in hits):
+                    why = "matches only directories (give a pattern such as DIR/*.txt)"
+                else:
+                    why = "matches no regular file (a device, a pipe or a directory is not read)"
                 raise DataError(f"{pattern}: {why}")
         found.update(Path(m) for m in matches)
     return sorted(found, key=str)

@@ -48,6 +48,7 @@ import torch
 from elmo.atomic import atomic_path, write_json_atomic
 from elmo.config import ElmoConfig
 from elmo.errors import TrainError
+from elmo.files import MANIFEST_CAP, OPTIONS_CAP, read_json_capped
 from elmo.model import LayerState
 from elmo.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, vocab_digest
 from elmo.train.data import LMBatches
@@ -302,7 +303,7 @@ class Trainer:
             return dict(options)
         path = Path(options)
         ElmoConfig.from_json(path)  # readable errors for a bad file
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json_capped(path, OPTIONS_CAP, "options file", TrainError)
 
     def _check_options(self, given: Any, saved: dict[str, Any]) -> dict[str, Any]:
         if given is None:
@@ -334,10 +335,7 @@ class Trainer:
 
     def _read_run_json(self) -> dict[str, Any]:
         path = self.out / "run.json"
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise TrainError(f"{path}: cannot read the run's settings: {' '.join(str(e).split())}") from None
+        saved = read_json_capped(path, MANIFEST_CAP, "run record", TrainError)
         if not isinstance(saved, dict):
             raise TrainError(f"{path}: expected a JSON object of run settings")
         return saved

@@ -32,6 +32,7 @@ import numpy as np
 from elmo.atomic import write_text_atomic
 from elmo.chars import BOS_TOKEN, EOS_TOKEN, token_to_char_ids
 from elmo.errors import DataError, VocabularyError
+from elmo.files import VOCAB_CAP, read_bytes_capped
 from elmo.train.text import iter_lines
 
 __all__ = [
@@ -112,10 +113,7 @@ class Vocabulary:
     def from_file(cls, path: str | os.PathLike[str]) -> Vocabulary:
         """Read a vocabulary file (see the module notes for what is accepted)."""
         path = Path(path)
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise VocabularyError(f"{path}: cannot read the vocabulary ({e.strerror or e})") from None
+        data = read_bytes_capped(path, VOCAB_CAP, "vocabulary", VocabularyError)
         if data.startswith(b"\xef\xbb\xbf"):  # a byte order mark is not part of the first token
             data = data[3:]
         # bilm-tf iterates the file's lines; a final newline does not start another one.
