@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
     )
     reporter = _Reporter(args.quiet, args.log_interval)
-    summary = embed_file(module, job, Progress(reporter.start, reporter.advance, reporter.finish))
+    summary = embed_file(module, job, Progress(reporter.start, reporter.advance, reporter.finish, reporter.warn))
     if not args.quiet:
         print(
             f"elmo embed: wrote {summary['lines']} sentences ({summary['tokens']} tokens) "
@@ -130,6 +130,13 @@ class _Reporter:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=done, unit="sent", desc="embedding", dynamic_ncols=True)
+
+    def warn(self, text: str) -> None:
+        """Shown even when quiet: something about the run the user should know."""
+        if self.bar is not None:
+            self.bar.write(f"elmo embed: {text}", file=sys.stderr)
+        else:
+            print(f"elmo embed: {text}", file=sys.stderr, flush=True)
 
     def advance(self, lines: int, tokens: int) -> None:
         self.lines += lines
