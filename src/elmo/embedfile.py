@@ -213,15 +213,15 @@ class _ModuleLines:
 # --------------------------------------------------------------------------- errors
 
 
-def _errno_of(e: OSError) -> int | None:
-    if e.errno:
+def _errno_of(e: Exception) -> int | None:
+    if isinstance(e, OSError) and e.errno:
         return e.errno
     # h5py puts the C library's errno into the message text only
     found = re.search(r"errno = (\d+)", str(e))
     return int(found.group(1)) if found else None
 
 
-def _io_error(e: OSError, path: Path | str) -> EmbedFileError:
+def _io_error(e: Exception, path: Path | str) -> EmbedFileError:
     code = _errno_of(e)
     if code:
         name = errno.errorcode.get(code, str(code))
@@ -279,7 +279,7 @@ class _Input:
             yield sys.stdin.buffer
             return
         try:
-            stream = open(self.source, "rb")
+            stream = open(self.source, "rb")  # noqa: SIM115 (closed by the with below)
         except FileNotFoundError:
             raise EmbedFileError(f"{self.name}: input file not found") from None
         except IsADirectoryError:
@@ -426,8 +426,7 @@ class _Lock:
             os.close(self.fd)
             if e.errno in (errno.EAGAIN, errno.EACCES):
                 raise EmbedFileError(
-                    f"{partial}: in use by another elmo embed run ({holder}); wait for it to end "
-                    "or stop it"
+                    f"{partial}: in use by another elmo embed run ({holder}); wait for it to end or stop it"
                 ) from None
             raise
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -448,7 +447,8 @@ def _read_manifest(partial: Path) -> dict | None:
     except OSError:
         return None
     if len(data) > _MANIFEST_CAP:
-        raise EmbedFileError(f"{path}: larger than {_MANIFEST_CAP // 2**20} MiB; not a manifest of elmo embed")
+        cap = _MANIFEST_CAP // 2**20
+        raise EmbedFileError(f"{path}: larger than {cap} MiB; not a manifest of elmo embed")
     try:
         manifest = json.loads(data)
     except ValueError:
@@ -588,9 +588,8 @@ class _SentenceIndex:
     def add(self, sentences: list[str], first_line: int) -> None:
         rows = ((s, first_line + i, first_line + i) for i, s in enumerate(sentences))
         if not self.unique:
-            self.db.executemany(
-                "INSERT INTO s VALUES (?, ?, ?) ON CONFLICT(sentence) DO UPDATE SET last = excluded.last", rows
-            )
+            upsert = "INSERT INTO s VALUES (?, ?, ?) ON CONFLICT(sentence) DO UPDATE SET last = excluded.last"
+            self.db.executemany(upsert, rows)
         else:
             for sentence, line, _ in rows:
                 try:
@@ -638,13 +637,57 @@ def _state_from_h5(path: Path) -> list[LayerState] | None:
         ]
 
 
+# Room HDF5 may need beyond the arrays: an object header and a link per dataset, and
+# the file's own structures. An upper bound, as _reserve needs.
+_PER_DATASET = 1024
+_PER_FILE = 16 * 1024
+
+
+def _reserve(path: Path, nbytes: int) -> None:
+    """Make sure ``nbytes`` more can be written beside ``path`` before HDF5 writes them.
+
+    HDF5 does not survive a failed write (it leaves the file open in a broken state and
+    the process may crash later), so a full disk, a quota or a file size limit is found
+    here instead, as a plain :class:`OSError` from allocating (not writing) a scratch file.
+    """
+    scratch = path.with_name(".reserve.tmp")
+    try:
+        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, max(1, nbytes))
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise  # else the file system cannot tell in advance; HDF5 writes as it can
+        finally:
+            os.close(fd)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+def _shard_bytes(first: np.ndarray, tokens: list[list[str]], sentences: list[str], itemsize: int) -> int:
+    """An upper bound of a shard file's size, from the shape of its first array."""
+    shape = first.shape
+    if len(shape) >= 2:  # [..., n, D]: sized by the number of tokens
+        per_token = int(np.prod(shape[:-2], dtype=np.int64)) * shape[-1] * itemsize
+        data = per_token * sum(len(t) for t in tokens)
+    else:
+        data = int(np.prod(shape, dtype=np.int64)) * itemsize * len(tokens)
+    text = sum(len(s.encode("utf-8", "surrogatepass")) + 16 for s in sentences)
+    return data + text + _PER_DATASET * (len(sentences) + 32) + _PER_FILE
+
+
 def _write_shard(
     model: LineModel, job: EmbedJob, sentences: list[str], first_line: int, path: Path, progress: Progress
 ) -> int:
     dtype = np.float16 if job.store_dtype == "float16" else np.float32
     tokens = [s.split() for s in sentences]
+    arrays = iter(model.embed(tokens))
+    first = next(arrays, None)
+    if first is None:
+        raise RuntimeError(f"the model gave no embedding for line {first_line + 1}")
+    _reserve(path, _shard_bytes(first, tokens, sentences, np.dtype(dtype).itemsize))
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        for offset, array in enumerate(model.embed(tokens)):
+        for offset, array in enumerate(itertools.chain([first], arrays)):
             f.create_dataset(str(first_line + offset), data=array.astype(dtype, copy=False))
             progress.advance(1, len(tokens[offset]))
         f.create_dataset("lines", data=np.array(sentences, dtype=object), dtype=h5py.string_dtype())
@@ -661,12 +704,19 @@ def _shard_lines(path: Path) -> tuple[int, list[str]]:
 def _merge(partial: Path, manifest: dict, job: EmbedJob, index: _SentenceIndex | None, where: _Where) -> None:
     # Written inside the partial folder, so that a killed merge leaves nothing beside OUTPUT.
     final = partial / "final.hdf5.tmp"
+    text = partial / "sentence_to_index.json.tmp"
+    where.path = text
+    if index is not None and not job.sentence_keys:
+        index.write_json(text)
     where.path = final
+    room = sum((partial / entry["name"]).stat().st_size for entry in manifest["shards"])
+    _reserve(final, room + (text.stat().st_size if text.exists() else 0) + _PER_FILE)
     with h5py.File(final, "w") as out:
         out.attrs[OUTPUT_MARK] = _FORMAT_VERSION
         for entry in manifest["shards"]:
             where.path = partial / entry["name"]
             with h5py.File(partial / entry["name"], "r") as shard:
+                where.path = final  # copying: a failure is most likely a write
                 first = int(shard.attrs["first_line"])
                 lines = shard["lines"].asstr()[()] if job.sentence_keys else None
                 for offset in range(entry["lines"]):
@@ -682,9 +732,7 @@ def _merge(partial: Path, manifest: dict, job: EmbedJob, index: _SentenceIndex |
                             f"name ({e})"
                         ) from None
         where.path = final
-        if index is not None and not job.sentence_keys:
-            text = partial / "sentence_to_index.json.tmp"
-            index.write_json(text)
+        if text.exists():
             data = text.read_bytes()  # the one O(distinct lines) thing in memory
             text.unlink()
             dataset = out.create_dataset("sentence_to_index", (1,), dtype=h5py.string_dtype())
@@ -778,10 +826,10 @@ def write_embeddings(model: LineModel, job: EmbedJob, progress: Progress | None 
                         "of the interrupted run (their SHA-256 differs); give the same input, or "
                         "--overwrite to start over"
                     )
-            lines = source.lines(raws)
+            texts = source.lines(raws)
             while True:
                 where.path = source.name
-                chunk = list(itertools.islice(lines, shard_size))
+                chunk = list(itertools.islice(texts, shard_size))
                 if not chunk:
                     break
                 if job.blank_lines == "refuse":
@@ -812,6 +860,13 @@ def write_embeddings(model: LineModel, job: EmbedJob, progress: Progress | None 
         _merge(partial, manifest, job, index, where)
         published = True
     except OSError as e:
+        raise _io_error(e, where.path) from None
+    except sqlite3.Error as e:  # the sentence index: a full disk is SQLITE_FULL, no errno
+        name = getattr(e, "sqlite_errorname", type(e).__name__)
+        raise EmbedFileError(f"{where.path}: {e} ({name})") from None
+    except RuntimeError as e:  # what h5py raises for some failed writes (a full disk, ...)
+        if _errno_of(e) is None:
+            raise
         raise _io_error(e, where.path) from None
     finally:
         if index is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -85,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
             )
     if args.input != "-" and not Path(args.input).exists():
         raise FileNotFoundError(f"{args.input}: input file not found")
+    if hasattr(signal, "SIGXFSZ"):  # a file size limit: an EFBIG error to report, not a kill
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     module = load_model(args, stateful=args.stateful)
     job = EmbedJob(
         input=args.input,
@@ -99,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
     )
     reporter = _Reporter(args.quiet, args.log_interval)
-    summary = embed_file(module, job, Progress(reporter.start, reporter.advance, reporter.finish, reporter.warn))
+    progress = Progress(reporter.start, reporter.advance, reporter.finish, reporter.warn)
+    summary = embed_file(module, job, progress)
     if not args.quiet:
         print(
             f"elmo embed: wrote {summary['lines']} sentences ({summary['tokens']} tokens) "
