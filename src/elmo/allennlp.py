@@ -30,10 +30,12 @@ Differences, all deliberate:
   and fails on ``[]``) and rejects a sentence given as a string instead of a token list.
 - ``ElmoEmbedder()`` with no files uses the released original model as AllenNLP did,
   downloaded once into this package's cache (see :mod:`elmo.download`); ``embed_file``
-  streams its input (refusing blank lines as AllenNLP does, before embedding where the
-  input can be read twice), writes its output atomically and leaves a file object it is
-  given open. An empty
-  sentence gives ``[3, 0, 2P]`` (AllenNLP 0.9: ``[3, 0, 1024]`` whatever the model).
+  writes through ``elmo embed``'s writer (:mod:`elmo.embedfile`): it streams its input
+  (refusing blank lines as AllenNLP does, before embedding where the input can be read
+  twice), drops a UTF-8 byte-order mark at the start (AllenNLP keeps it in the first
+  sentence), writes its output atomically, reports a full disk in one line naming the
+  file, and leaves a file object it is given open. An empty sentence gives
+  ``[3, 0, 2P]`` (AllenNLP 0.9: ``[3, 0, 1024]`` whatever the model).
 - ``vocab_to_cache``: word indices are mapped to the words' character ids and run
   through the character encoder (the fast engine keeps its own cache of token
   representations), so results equal character input exactly. ``_word_embedding``,
@@ -871,10 +873,13 @@ class ElmoEmbedder:
         naming their 0-based indexes), before anything is embedded where the input can be
         read twice (a path, or a seekable file); a repeated line with ``use_sentence_keys``
         is refused too. ``input_file`` is a path or an open text file (read line by line,
-        never whole, and left open). The output is written to a temporary file beside
-        ``output_file_path`` and renamed over it at the end, so an error or interruption
-        leaves any previous file untouched and never a partial one. (``elmo embed``, this
-        package's own command, embeds blank lines as zero-length entries instead.)
+        never whole, and left open). As in AllenNLP, the carried LSTM state is not reset
+        first. The output is written by ``elmo embed``'s writer (:mod:`elmo.embedfile`):
+        the work goes into ``output_file_path + ".partial/"`` (locked against a second
+        writer) and the finished file is renamed over ``output_file_path`` at the end, so
+        an error or interruption leaves any previous file untouched, never a partial one,
+        and removes the partial work. (``elmo embed``, this package's own command, embeds
+        blank lines as zero-length entries instead, and keeps partial work to resume.)
         """
         if output_format not in _OUTPUT_FORMATS:
             raise ValueError(
