@@ -332,6 +332,25 @@ def test_the_manifest_is_read_with_a_size_cap(tmp_path, module, monkeypatch, ful
     assert (partial / "manifest.json").exists()
 
 
+@pytest.mark.parametrize("damage", ["name", "type", "format"])
+def test_a_damaged_manifest_is_refused_in_one_line(tmp_path, module, monkeypatch, full, damage):
+    src, _ = full
+    out = tmp_path / "out.hdf5"
+    partial = _interrupted(module, monkeypatch, src, out)
+    manifest = json.loads((partial / "manifest.json").read_text())
+    if damage == "name":
+        manifest["shards"][0]["name"] = "../../in.txt"
+    elif damage == "type":
+        manifest["shards"][1]["lines"] = "8"
+    else:
+        manifest["format"] = 1
+    (partial / "manifest.json").write_text(json.dumps(manifest))
+    message = "its format was 1, now 2" if damage == "format" else r"manifest.json: damaged .a field"
+    with pytest.raises(EmbedFileError, match=message):
+        embed_file(module, _job(src, out, resume=True))
+    assert src.exists() and (partial / "shard-000000.hdf5").exists()
+
+
 # --------------------------------------------------------------------------- never destroy
 
 

@@ -456,6 +456,21 @@ def _read_manifest(partial: Path) -> dict | None:
     return manifest if isinstance(manifest, dict) else None
 
 
+def _well_formed(manifest: dict) -> bool:
+    """The fields a resumed run reads, with their types (anything else: not resumable)."""
+    fields = {"name": str, "first_line": int, "lines": int, "tokens": int, "sha256": str, "input_sha256": str}
+    shards = manifest.get("shards")
+    return (
+        isinstance(manifest.get("lines_done"), int)
+        and isinstance(manifest.get("tokens_done"), int)
+        and isinstance(manifest.get("input_sha256"), str)
+        and isinstance(shards, list)
+        and all(isinstance(e, dict) for e in shards)
+        and all(isinstance(e.get(k), t) for e in shards for k, t in fields.items())
+        and all(re.fullmatch(r"shard-\d{6}\.hdf5", e["name"]) for e in shards)
+    )
+
+
 def _made_by_us(partial: Path) -> bool:
     if (partial / _MARKER).is_file():
         return True
@@ -486,12 +501,15 @@ def _acquire(job: EmbedJob) -> tuple[Path, _Lock, bool]:
         existed = True
     except OSError as e:
         raise _io_error(e, partial) from None
+    lock_existed = (partial / _LOCK).exists()
     try:
         lock = _Lock(partial)
     except OSError as e:
         raise _io_error(e, partial / _LOCK) from None
     if existed and not _made_by_us(partial) and any(p.name != _LOCK for p in partial.iterdir()):
         lock.release()
+        if not lock_existed:
+            (partial / _LOCK).unlink(missing_ok=True)
         raise EmbedFileError(
             f"{partial}: exists and was not made by elmo embed (no {_MARKER} file); remove or "
             "rename it yourself"
@@ -515,6 +533,11 @@ def _prepare(job: EmbedJob, base: dict, partial: Path, had_work: bool) -> dict:
                     f"cannot resume {partial}: its {key} was {json.dumps(manifest.get(key))}, "
                     f"now {json.dumps(value)}; rerun with the same arguments, or --overwrite to start over"
                 )
+        if not _well_formed(manifest):
+            raise EmbedFileError(
+                f"{partial / _MANIFEST}: damaged (a field is missing or of the wrong type); cannot "
+                "resume (pass --overwrite to start over)"
+            )
         for leftover in partial.glob("*.tmp"):
             leftover.unlink()
         for leftover in partial.glob(".*.tmp"):
