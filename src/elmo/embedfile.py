@@ -31,9 +31,10 @@ write through :func:`write_embeddings`.
   and the errno. After any failure or interruption the temporary files are removed; the
   completed shards stay for ``resume`` (``keep_partial``, the default; a partial folder
   with nothing completed is removed), or everything is removed (``keep_partial=False``).
-- **Bounded memory.** Shards are embedded and merged one at a time; ``sentence_to_index``
-  is collected in an SQLite file in the partial folder and assembled on disk, so the
-  largest thing in memory is that one JSON string while it is stored.
+- **Memory.** Shards are embedded and merged one at a time; ``sentence_to_index`` is
+  collected in an SQLite file in the partial folder and assembled on disk, so what grows
+  with the input is HDF5's own bookkeeping of the output's datasets (about 0.2 kB a
+  line) and the one JSON string while it is stored.
 """
 
 from __future__ import annotations
