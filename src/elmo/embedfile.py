@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import io
 import itertools
@@ -69,6 +68,11 @@ from elmo.choices import FILE_LAYERS, STORE_DTYPES, FileLayers, StoreDtype, chec
 from elmo.embedder import TokenEmbedder, embed_iter
 from elmo.errors import ConfigurationError, EmbedFileError
 from elmo.model import LayerState
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (a second run on one OUTPUT is then not refused)
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "FILE_LAYERS",
@@ -421,7 +425,8 @@ class _Lock:
         self.path = partial / _LOCK
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             holder = os.pread(self.fd, 4096, 0).decode("utf-8", "replace").strip() or "a process"
             os.close(self.fd)
