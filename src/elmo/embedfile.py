@@ -679,6 +679,8 @@ def _reserve(path: Path, nbytes: int) -> None:
     the process may crash later), so a full disk, a quota or a file size limit is found
     here instead, as a plain :class:`OSError` from allocating (not writing) a scratch file.
     """
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows: HDF5 writes as it can
+        return
     scratch = path.with_name(".reserve.tmp")
     try:
         fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
