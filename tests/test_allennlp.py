@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 
@@ -22,6 +23,8 @@ from conftest import (
 )
 from elmo.allennlp import ConfigurationError, Elmo, ElmoEmbedder, batch_to_ids
 from elmo.chars import batch_to_char_ids
+from elmo.embedfile import OUTPUT_MARK
+from elmo.errors import EmbedFileError
 from elmo.loading import load_bilm
 
 P = 16  # projection size of the tiny models (generated and AllenNLP's)
@@ -565,6 +568,50 @@ def test_embed_file_bad_arguments(embedder, text_file, tmp_path):
         source.write_text("a\n\n", encoding="utf-8")
         embedder.embed_file(source, tmp_path / "out.hdf5", use_sentence_keys=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blank.txt", "input.txt"]
+
+
+def test_embed_file_goes_through_the_one_writer(embedder, text_file, tmp_path):
+    """The same writer as ``elmo embed`` (its mark on the output); no HDF5 code here."""
+    from pathlib import Path
+
+    import elmo.allennlp
+
+    embedder.embed_file(text_file, tmp_path / "out.hdf5", "top")
+    with h5py.File(tmp_path / "out.hdf5", "r") as out:
+        assert OUTPUT_MARK in out.attrs
+    assert "h5py" not in Path(elmo.allennlp.__file__).read_text(encoding="utf-8")
+
+
+def test_embed_file_continues_the_carried_state(tiny_model_files, text_file, tmp_path):
+    """AllenNLP's embed_file does not reset the state: it continues from earlier calls."""
+    first = ElmoEmbedder(*tiny_model_files)
+    first.embed_batch([["warm", "up"], ["two", "rows"]])
+    first.embed_file(text_file, tmp_path / "out.hdf5", batch_size=2)
+    second = ElmoEmbedder(*tiny_model_files)
+    second.embed_batch([["warm", "up"], ["two", "rows"]])
+    want = [e for start in (0, 2) for e in second.embed_batch([s.split() for s in LINES[start : start + 2]])]
+    got = _read(tmp_path / "out.hdf5")
+    for i, embedding in enumerate(want):
+        assert np.array_equal(got[str(i)], embedding)
+
+
+def test_embed_file_drops_a_byte_order_mark(embedder, tmp_path):
+    source = tmp_path / "bom.txt"
+    source.write_bytes(b"\xef\xbb\xbfthe cat\nsat\n")
+    embedder.embed_file(source, tmp_path / "out.hdf5", "top", use_sentence_keys=True)
+    assert sorted(_read(tmp_path / "out.hdf5")) == ["sat", "the cat"]
+
+
+def test_embed_file_disk_full_leaves_nothing(embedder, text_file, tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", full)
+    with pytest.raises(
+        EmbedFileError, match=r"out.hdf5.partial/shard-000000.hdf5: No space left on device \(ENOSPC\)$"
+    ):
+        embedder.embed_file(text_file, tmp_path / "out.hdf5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.txt"]
 
 
 def test_engines_agree_and_fast_runs_without_gradients(tiny_model_files):

@@ -30,10 +30,12 @@ Differences, all deliberate:
   and fails on ``[]``) and rejects a sentence given as a string instead of a token list.
 - ``ElmoEmbedder()`` with no files uses the released original model as AllenNLP did,
   downloaded once into this package's cache (see :mod:`elmo.download`); ``embed_file``
-  streams its input (refusing blank lines as AllenNLP does, before embedding where the
-  input can be read twice), writes its output atomically and leaves a file object it is
-  given open. An empty
-  sentence gives ``[3, 0, 2P]`` (AllenNLP 0.9: ``[3, 0, 1024]`` whatever the model).
+  writes through ``elmo embed``'s writer (:mod:`elmo.embedfile`): it streams its input
+  (refusing blank lines as AllenNLP does, before embedding where the input can be read
+  twice), drops a UTF-8 byte-order mark at the start (AllenNLP keeps it in the first
+  sentence), writes its output atomically, reports a full disk in one line naming the
+  file, and leaves a file object it is given open. An empty sentence gives
+  ``[3, 0, 2P]`` (AllenNLP 0.9: ``[3, 0, 1024]`` whatever the model).
 - ``vocab_to_cache``: word indices are mapped to the words' character ids and run
   through the character encoder (the fast engine keeps its own cache of token
   representations), so results equal character input exactly. ``_word_embedding``,
@@ -53,22 +55,20 @@ Differences, all deliberate:
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from pathlib import Path
 from typing import IO, Any
 
-import h5py
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from elmo.atomic import atomic_path
 from elmo.chars import BOS_TOKEN, EOS_TOKEN, batch_to_char_ids, token_to_char_ids
 from elmo.config import ElmoConfig
+from elmo.embedfile import EmbedJob, model_identity, write_embeddings
 from elmo.engine import DEFAULT_CACHE_SIZE
 from elmo.errors import ConfigurationError
 from elmo.loading import load_bilm_files
@@ -86,7 +86,6 @@ DEFAULT_BATCH_SIZE = 64
 _MAX_CHARS = 50
 _N_CHAR_IDS = 262
 _OUTPUT_FORMATS = ("all", "top", "average")
-_SENTENCE_TO_INDEX = "sentence_to_index"
 
 
 def _check_batch(batch: Any, what: str = "batch") -> list[list[str]]:
@@ -883,10 +882,13 @@ class ElmoEmbedder:
         naming their 0-based indexes), before anything is embedded where the input can be
         read twice (a path, or a seekable file); a repeated line with ``use_sentence_keys``
         is refused too. ``input_file`` is a path or an open text file (read line by line,
-        never whole, and left open). The output is written to a temporary file beside
-        ``output_file_path`` and renamed over it at the end, so an error or interruption
-        leaves any previous file untouched and never a partial one. (``elmo embed``, this
-        package's own command, embeds blank lines as zero-length entries instead.)
+        never whole, and left open). As in AllenNLP, the carried LSTM state is not reset
+        first. The output is written by ``elmo embed``'s writer (:mod:`elmo.embedfile`):
+        the work goes into ``output_file_path + ".partial/"`` (locked against a second
+        writer) and the finished file is renamed over ``output_file_path`` at the end, so
+        an error or interruption leaves any previous file untouched, never a partial one,
+        and removes the partial work. (``elmo embed``, this package's own command, embeds
+        blank lines as zero-length entries instead, and keeps partial work to resume.)
         """
         if output_format not in _OUTPUT_FORMATS:
             raise ValueError(
@@ -894,23 +896,48 @@ class ElmoEmbedder:
                 f"found {output_format!r}"
             )
         _check_batch_size(batch_size)
-        _refuse_blank_lines(input_file)
-        with atomic_path(output_file_path) as tmp, _lines(input_file) as lines, h5py.File(tmp, "x") as fout:
-            sentence_to_index: dict[str, str] = {}
-            numbered = enumerate(line.strip() for line in lines)
-            while group := list(itertools.islice(numbered, batch_size)):
-                blank = [index for index, sentence in group if not sentence]
-                if blank:  # an input that could not be scanned first
-                    raise ConfigurationError(f"the input contains empty lines at indexes {blank}")
-                embeddings = self.embed_batch([sentence.split() for _, sentence in group])
-                for (index, sentence), embedding in zip(group, embeddings):
-                    key = sentence if use_sentence_keys else str(index)
-                    if not forget_sentences and not use_sentence_keys:
-                        sentence_to_index[sentence] = key
-                    _write_entry(fout, key, _format(embedding, output_format), index, use_sentence_keys)
-            if not forget_sentences and not use_sentence_keys:
-                dataset = fout.create_dataset(_SENTENCE_TO_INDEX, (1,), dtype=h5py.string_dtype())
-                dataset[0] = json.dumps(sentence_to_index)
+        source = input_file if not isinstance(input_file, (str, os.PathLike)) else os.fspath(input_file)
+        job = EmbedJob(
+            input=source,
+            output=Path(output_file_path),
+            layers="all",  # the arrays are formatted by _EmbedderLines
+            batch_size=batch_size,
+            overwrite=True,
+            forget_sentences=forget_sentences,
+            sentence_keys=use_sentence_keys,
+            blank_lines="refuse",
+            reset_state=False,
+            keep_partial=False,
+            overwrite_foreign=True,
+        )
+        write_embeddings(_EmbedderLines(self, output_format, batch_size), job)
+
+
+class _EmbedderLines:
+    """An :class:`ElmoEmbedder` as :func:`elmo.embedfile.write_embeddings` uses it: AllenNLP's
+    batches in file order, through ``embed_batch``, formatted as ``output_format`` asks."""
+
+    def __init__(self, embedder: ElmoEmbedder, output_format: str, batch_size: int) -> None:
+        self.embedder, self.output_format, self.batch_size = embedder, output_format, batch_size
+
+    @property
+    def stateful(self) -> bool:
+        return self.embedder.stateful
+
+    def identity(self) -> str:
+        runner = self.embedder._runner
+        return model_identity(self.embedder.config, runner.bilm.state_dict().values(), runner.precision)
+
+    def embed(self, tokens: list[list[str]]) -> Iterator[np.ndarray]:
+        for start in range(0, len(tokens), self.batch_size):
+            for embedding in self.embedder.embed_batch(tokens[start : start + self.batch_size]):
+                yield _format(embedding, self.output_format).astype(np.float32, copy=False)
+
+    def get_state(self) -> list[LayerState] | None:
+        return self.embedder._runner.state.layers
+
+    def set_state(self, state: list[LayerState] | None) -> None:
+        self.embedder._runner.state.layers = state
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -924,43 +951,3 @@ def _format(embedding: np.ndarray, output_format: str) -> np.ndarray:
     if output_format == "average":
         return embedding.mean(axis=0, dtype=np.float32)
     return embedding
-
-
-def _write_entry(fout: h5py.File, key: str, data: np.ndarray, index: int, by_sentence: bool) -> None:
-    if by_sentence:
-        where = f"line {index + 1}"
-        if key in fout:
-            raise ConfigurationError(
-                f"{where}: the sentence {key!r:.80} is already in the output; to embed repeated "
-                "sentences, do not use sentence keys"
-            )
-    try:
-        fout.create_dataset(key, data=data.astype(np.float32, copy=False))
-    except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"line {index + 1}: cannot store {key!r:.80} as an HDF5 dataset name ({e})") from e
-
-
-def _refuse_blank_lines(source: PathLike | IO[str]) -> None:
-    """AllenNLP 0.9 refuses a file with blank lines before embedding: so does this, for
-    inputs that can be read twice (a path, or a seekable file, rewound afterwards)."""
-    if not isinstance(source, (str, os.PathLike)):
-        if not (hasattr(source, "seekable") and source.seekable()):
-            return  # checked while embedding, before anything is written
-        start = source.tell()
-    with _lines(source) as lines:
-        blank = [i for i, line in enumerate(lines) if not line.strip()]
-    if not isinstance(source, (str, os.PathLike)):
-        source.seek(start)
-    if blank:
-        shown = blank if len(blank) <= 20 else [*blank[:20], "..."]
-        raise ConfigurationError(f"the input contains empty lines at indexes {shown}; remove them")
-
-
-@contextmanager
-def _lines(source: PathLike | IO[str]) -> Iterator[Iterator[str]]:
-    """The lines of a path (opened as UTF-8) or of an open file (not closed here)."""
-    if isinstance(source, (str, os.PathLike)):
-        with open(source, encoding="utf-8") as f:
-            yield iter(f)
-    else:
-        yield (line.decode("utf-8") if isinstance(line, bytes) else line for line in source)

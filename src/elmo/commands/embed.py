@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -85,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
             )
     if args.input != "-" and not Path(args.input).exists():
         raise FileNotFoundError(f"{args.input}: input file not found")
+    if hasattr(signal, "SIGXFSZ"):  # a file size limit: an EFBIG error to report, not a kill
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     module = load_model(args, stateful=args.stateful)
     job = EmbedJob(
         input=args.input,
@@ -99,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
     )
     reporter = _Reporter(args.quiet, args.log_interval)
-    summary = embed_file(module, job, Progress(reporter.start, reporter.advance, reporter.finish))
+    progress = Progress(reporter.start, reporter.advance, reporter.finish, reporter.warn)
+    summary = embed_file(module, job, progress)
     if not args.quiet:
         print(
             f"elmo embed: wrote {summary['lines']} sentences ({summary['tokens']} tokens) "
@@ -130,6 +134,13 @@ class _Reporter:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=done, unit="sent", desc="embedding", dynamic_ncols=True)
+
+    def warn(self, text: str) -> None:
+        """Shown even when quiet: something about the run the user should know."""
+        if self.bar is not None:
+            self.bar.write(f"elmo embed: {text}", file=sys.stderr)
+        else:
+            print(f"elmo embed: {text}", file=sys.stderr, flush=True)
 
     def advance(self, lines: int, tokens: int) -> None:
         self.lines += lines
