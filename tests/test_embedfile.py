@@ -326,8 +326,11 @@ def test_the_manifest_is_read_with_a_size_cap(tmp_path, module, monkeypatch, ful
     src, _ = full
     out = tmp_path / "out.hdf5"
     partial = _interrupted(module, monkeypatch, src, out)
-    monkeypatch.setattr(embedfile, "_MANIFEST_CAP", 100)
-    with pytest.raises(EmbedFileError, match=r"manifest.json: larger than 0 MiB"):
+    monkeypatch.setattr(embedfile, "MANIFEST_CAP", 100)
+    with pytest.raises(
+        EmbedFileError,
+        match=r"manifest.json: manifest of elmo embed of \d+ bytes, larger than the 100 bytes allowed",
+    ):
         embed_file(module, _job(src, out, resume=True))
     assert (partial / "manifest.json").exists()
 

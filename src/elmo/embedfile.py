@@ -67,6 +67,7 @@ from elmo.atomic import atomic_path, publish, write_json_atomic
 from elmo.choices import FILE_LAYERS, STORE_DTYPES, FileLayers, StoreDtype, check_choice
 from elmo.embedder import TokenEmbedder, embed_iter
 from elmo.errors import ConfigurationError, EmbedFileError
+from elmo.files import MANIFEST_CAP, read_bytes_capped
 from elmo.model import LayerState
 
 try:
@@ -92,7 +93,6 @@ _LOCK = "lock"
 _INDEX = "sentences.sqlite"
 _FORMAT_VERSION = 2
 OUTPUT_MARK = "elmo_embed"  # attribute of the root group of every output this writer made
-_MANIFEST_CAP = 64 * 2**20  # bytes; a manifest holds ~200 bytes a shard
 _LINE_CAP = 16 * 2**20  # bytes (characters for a text stream) in one input line
 _BOM = "\ufeff"
 
@@ -446,15 +446,11 @@ class _Lock:
 
 
 def _read_manifest(partial: Path) -> dict | None:
+    """The manifest in ``partial``, or None when there is none or it is not JSON."""
     path = partial / _MANIFEST
-    try:
-        with open(path, "rb") as f:
-            data = f.read(_MANIFEST_CAP + 1)
-    except OSError:
+    if not path.exists():
         return None
-    if len(data) > _MANIFEST_CAP:
-        cap = _MANIFEST_CAP // 2**20
-        raise EmbedFileError(f"{path}: larger than {cap} MiB; not a manifest of elmo embed")
+    data = read_bytes_capped(path, MANIFEST_CAP, "manifest of elmo embed", EmbedFileError)
     try:
         manifest = json.loads(data)
     except ValueError:
