@@ -11,10 +11,12 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "ConvertError",
+    "CorpusError",
     "DataError",
     "DownloadError",
     "ElmoError",
     "EmbedFileError",
+    "MissingExtraError",
     "ModelError",
     "TFCheckpointError",
     "TFImportError",
@@ -53,6 +55,14 @@ class TFCheckpointError(ElmoError, ValueError):
 # --------------------------------------------------------------------------- embedding
 class EmbedFileError(ElmoError):
     """A problem with the input, the output or an interrupted run, stated for the user."""
+
+
+class CorpusError(ElmoError, ValueError):
+    """``elmo embed-corpus``: an input that cannot be read, or an output folder in the way."""
+
+
+class MissingExtraError(ElmoError, ImportError):
+    """An optional extra (``pip install "elmo-embeddings[ray]"``) that is not installed."""
 
 
 class VocabEmbeddingsError(ElmoError, ValueError):

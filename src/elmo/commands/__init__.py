@@ -18,6 +18,7 @@ from elmo.commands import (
     convert,
     download,
     embed,
+    embed_corpus,
     export,
     info,
     models,
@@ -42,6 +43,7 @@ class Command(Protocol):
 
 COMMANDS: dict[str, Command] = {
     "embed": embed,
+    "embed-corpus": embed_corpus,
     "info": info,
     "vocab": vocab,
     "train": train,
