@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import resource
 import time
 import uuid
 from collections.abc import Callable
@@ -144,6 +145,8 @@ def _record() -> dict[str, Any]:
         "node": context.get_node_id(),
         "host": ray.util.get_node_ip_address(),
         "pid": os.getpid(),
+        # the worker's peak memory so far, for sizing a cluster's nodes
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "id": uuid.uuid4().hex,
         "time": time.time(),
     }
