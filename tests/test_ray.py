@@ -221,6 +221,13 @@ def test_a_model_that_cannot_load_on_a_worker_fails_on_the_driver(local_ray, tmp
 
 
 # --------------------------------------------------------------------------- 2 nodes
+def _cluster_env() -> dict[str, str]:
+    # The nodes listen on 127.0.0.1 only; without a token shared through ~/.ray, the same
+    # authentication mode everywhere (the default differs between `ray start` and drivers);
+    # unbuffered, so that `ray start --block` writes "Ray runtime started" where we wait for it.
+    return dict(os.environ, PYTHONPATH=str(ROOT / "src"), RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -253,13 +260,13 @@ class _TwoNodes:
         command += ["--min-worker-port", "0", "--max-worker-port", "0"]
         for option in ports:
             command += [option, str(_free_port())]
-        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+        env = _cluster_env()
         log = open(self.root / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         self.procs.append(proc)
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 180
         while "Ray runtime started" not in (self.root / f"{name}.log").read_text():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(
@@ -304,7 +311,7 @@ def test_two_nodes_share_the_work_and_a_killed_driver_resumes(tmp_path, tiny_mod
         ray.shutdown()
     model = tiny_model_files[0].parent
     corpus = write_corpus(tmp_path, {"a.txt": 160, "b.txt": 160})
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env = _cluster_env()
     common = ["-m", str(model), "--batch-size", "1", "--shard-lines", "16"]
     with _TwoNodes() as cluster:
         # both nodes take part, and the output is elmo embed's
@@ -313,9 +320,7 @@ def test_two_nodes_share_the_work_and_a_killed_driver_resumes(tmp_path, tiny_mod
         subprocess.run(args, env=env, check=True, timeout=240)
         records = json.loads((out / "manifest.json").read_text())["records"]
         assert len({r["node"] for r in records.values()}) == 2, records
-        reference = _reference(
-            corpus, ["a.txt", "b.txt"], model, tmp_path, "--batch-size", "1"
-        )
+        reference = _reference(corpus, ["a.txt", "b.txt"], model, tmp_path, "--batch-size", "1")
         _assert_equal_to(out, {k: v for k, v in reference.items() if k[0] == "b.txt"})
 
         # the driver killed mid-run; --resume finishes without redoing the finished shards

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from elmo.choices import FILE_LAYERS
-from elmo.commands._model import add_device_arg, add_engine_args
+from elmo.commands._model import add_engine_args, add_model_args
 from elmo.corpus import FORMATS, CorpusJob
 from elmo.errors import UsageError
 
@@ -28,11 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="file or glob pattern (** for subfolders)")
     parser.add_argument("out_dir", metavar="OUT_DIR")
-    g = parser.add_argument_group("model")
-    g.add_argument(
-        "--model", "-m", default="default", help="model directory or released model's name (default: bundled)"
-    )
-    add_device_arg(g)
+    add_model_args(parser)
     add_engine_args(parser)
     r = parser.add_argument_group("Ray")
     r.add_argument(
@@ -79,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
             )
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers: expected a positive integer, found {args.workers}")
+    if args.model and (args.options or args.weights):
+        raise UsageError("give either --model or --options with --weights, not both")
+    if bool(args.options) != bool(args.weights):
+        raise UsageError("--options and --weights go together")
+    model = (args.options, args.weights) if args.options else (args.model or "default")
     if args.engine == "plain" and args.precision != "float32":
         raise UsageError(f"--precision {args.precision} needs the fast engine, not --engine plain")
     job = CorpusJob(
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = embed_corpus(
         job,
-        args.model,
+        model,
         engine=args.engine,
         precision=args.precision,
         cache_size=args.cache_size,
