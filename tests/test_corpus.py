@@ -139,7 +139,7 @@ def test_hdf5_output_equals_elmo_embed(tmp_path, tiny_model_files):
             "float16",
         )
         assert_same_hdf5(tmp_path / "out" / f"{name}.hdf5", ref)
-    assert not (tmp_path / "out" / "parts").exists()
+    assert not (tmp_path / "out" / ".parts").exists()
     assert sum(1 for _ in read_embeddings(tmp_path / "out")) == 49
 
 

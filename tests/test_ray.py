@@ -56,7 +56,16 @@ def test_ray_missing_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys)
 
 
 # --------------------------------------------------------------------------- a local Ray
-ray = pytest.importorskip("ray")
+try:
+    import ray
+except ImportError:  # the tests above run without it
+    ray = None
+
+
+def ray_test(test):
+    """Marked ``ray``; skipped without the extra."""
+    reason = 'needs the [ray] extra: pip install "elmo-embeddings[ray]"'
+    return pytest.mark.ray(pytest.mark.skipif(ray is None, reason=reason)(test))
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +94,7 @@ def _assert_equal_to(out_dir: Path, reference: dict[tuple[str, int], np.ndarray]
         np.testing.assert_array_equal(array, reference[source, line], err_msg=f"{source}:{line}")
 
 
-@pytest.mark.ray
+@ray_test
 def test_embed_dataset_adds_ragged_embedding_columns(local_ray, tiny_model_files):
     from elmo.ray import embed_dataset
 
@@ -108,7 +117,7 @@ def test_embed_dataset_adds_ragged_embedding_columns(local_ray, tiny_model_files
     )
 
 
-@pytest.mark.ray
+@ray_test
 def test_embed_corpus_equals_elmo_embed_and_resumes(local_ray, tmp_path, tiny_model_files):
     from elmo.ray import embed_corpus
 
@@ -138,7 +147,7 @@ def test_embed_corpus_equals_elmo_embed_and_resumes(local_ray, tmp_path, tiny_mo
     _assert_equal_to(tmp_path / "out", reference)
 
 
-@pytest.mark.ray
+@ray_test
 def test_embed_corpus_hdf5_equals_elmo_embed_with_the_fast_engine(local_ray, tmp_path, tiny_model_files):
     from elmo.ray import embed_corpus
 
@@ -151,7 +160,7 @@ def test_embed_corpus_hdf5_equals_elmo_embed_with_the_fast_engine(local_ray, tmp
         assert_same_hdf5(tmp_path / "out" / f"{name}.hdf5", ref, exact=False)
 
 
-@pytest.mark.ray
+@ray_test
 def test_a_killed_worker_is_replaced_and_no_shard_is_lost_or_doubled(local_ray, tmp_path, tiny_model_files):
     import pyarrow.parquet as pq
 
@@ -193,7 +202,7 @@ def test_a_killed_worker_is_replaced_and_no_shard_is_lost_or_doubled(local_ray, 
     )
 
 
-@pytest.mark.ray
+@ray_test
 def test_a_model_that_cannot_load_on_a_worker_fails_on_the_driver(local_ray, tmp_path, tiny_model_files):
     from elmo.ray import embed_corpus
 
@@ -305,7 +314,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "elmo", "embed-corpus", *args]
 
 
-@pytest.mark.ray
+@ray_test
 def test_two_nodes_share_the_work_and_a_killed_driver_resumes(tmp_path, tiny_model_files):
     if ray.is_initialized():
         ray.shutdown()

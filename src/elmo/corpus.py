@@ -10,8 +10,8 @@ inputs' common folder, and its 0-based line range ``[first, end)``. So a shard's
 follows from the input alone, whatever the number of workers, and a re-run finds the
 shards that are done by name. A shard file is written under a temporary name and renamed
 when whole (:mod:`elmo.atomic`), so it exists only when complete. ``--format hdf5`` writes
-the shards as HDF5 parts under ``parts/`` and merges each input file's parts into
-``<input path>.hdf5``, in the layout of ``elmo embed``.
+the shards as HDF5 parts and merges each input file's parts into
+``<input path>.hdf5``, in the layout of ``elmo embed``. (The parts are in ``.parts/``.)
 
 A Parquet shard's columns: ``source`` (the input path as above), ``line`` (0-based),
 ``tokens`` (list of strings), ``embedding`` (the array flattened, float32 or float16) and
@@ -60,6 +60,7 @@ _KIND = "elmo embed-corpus"
 _VERSION = 1
 OutputFormat = Literal["parquet", "hdf5"]
 FORMATS: tuple[OutputFormat, ...] = ("parquet", "hdf5")
+_PARTS = ".parts"  # HDF5 shards, until their input file's are merged
 
 
 @dataclass
@@ -189,7 +190,7 @@ def _our_manifest(out_dir: Path) -> dict[str, Any] | None:
 def _output_path(out_dir: Path, shard: Shard, fmt: OutputFormat) -> Path:
     if fmt == "parquet":
         return out_dir / "shards" / f"{shard.name}.parquet"
-    return out_dir / "parts" / f"{shard.name}.hdf5"
+    return out_dir / _PARTS / f"{shard.name}.hdf5"
 
 
 def _hdf5_path(out_dir: Path, source: str) -> Path:
@@ -213,6 +214,9 @@ def plan_corpus(job: CorpusJob, model: dict[str, Any]) -> CorpusPlan:
         info, pieces = _scan(path, source, job.shard_size)
         files.append(info)
         shards += pieces
+    clash = [f.source for f in files if f.source.split(os.sep)[0] == _PARTS]
+    if job.format == "hdf5" and clash:
+        raise CorpusError(f"{clash[0]}: an input folder named {_PARTS} clashes with the output's {_PARTS}")
     base = _manifest_base(job, model, files)
     out = job.out_dir
     done: set[str] = set()
@@ -340,7 +344,7 @@ def shard_record(out_dir: Path, shard_name: str, fmt: OutputFormat) -> dict[str,
 
         metadata = pq.read_schema(out_dir / "shards" / f"{shard_name}.parquet").metadata or {}
         return dict(json.loads(metadata[b"elmo"]))
-    with h5py.File(out_dir / "parts" / f"{shard_name}.hdf5", "r") as f:
+    with h5py.File(out_dir / _PARTS / f"{shard_name}.hdf5", "r") as f:
         return dict(json.loads(f.attrs["record"]))
 
 
@@ -350,7 +354,7 @@ def finish_file(out_dir: Path, info: CorpusFile, shards: list[Shard]) -> None:
     final = _hdf5_path(out_dir, info.source)
     final.parent.mkdir(parents=True, exist_ok=True)
     sentence_to_index: dict[str, str] = {}
-    parts = [out_dir / "parts" / f"{s.name}.hdf5" for s in shards]
+    parts = [out_dir / _PARTS / f"{s.name}.hdf5" for s in shards]
     with atomic_path(final) as tmp, h5py.File(tmp, "w") as out:
         for shard, part in zip(shards, parts):
             with h5py.File(part, "r") as f:
@@ -363,7 +367,7 @@ def finish_file(out_dir: Path, info: CorpusFile, shards: list[Shard]) -> None:
         ds[0] = json.dumps(sentence_to_index)
     for part in parts:
         part.unlink(missing_ok=True)
-    folder = (out_dir / "parts" / info.source).resolve()
+    folder = (out_dir / _PARTS / info.source).resolve()
     if folder.is_dir() and not any(folder.iterdir()):
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -385,7 +389,7 @@ def finish_corpus(plan: CorpusPlan, computed: dict[str, dict[str, Any]]) -> None
                 if s.name not in records:
                     records[s.name] = shard_record(out, s.name, "parquet")
     if job.format == "hdf5":
-        shutil.rmtree(out / "parts", ignore_errors=True)
+        shutil.rmtree(out / _PARTS, ignore_errors=True)
     lines = sum(f.lines for f in plan.files)
     manifest = dict(plan.manifest, complete=True, lines=lines, records=records)
     write_json_atomic(out / MANIFEST, manifest, indent=1)
