@@ -205,6 +205,8 @@ LAYERS = [
         "elmo.module",
         "elmo.embedder",
         "elmo.embedfile",
+        "elmo.corpus",
+        "elmo.ray",
         "elmo.loading",
         "elmo.allennlp",
         "elmo.vocab_embeddings",

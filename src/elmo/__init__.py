@@ -7,6 +7,7 @@
 """
 
 from elmo.config import CharCNNConfig, ElmoConfig, LSTMConfig
+from elmo.corpus import read_embeddings
 from elmo.errors import ConfigError, ElmoError, WeightsError
 from elmo.loading import load, load_bilm
 from elmo.model import ElmoBiLM
@@ -25,4 +26,5 @@ __all__ = [
     "WeightsError",
     "load",
     "load_bilm",
+    "read_embeddings",
 ]

@@ -11,6 +11,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "ConvertError",
+    "CorpusError",
     "DataError",
     "DownloadError",
     "ElmoError",
@@ -54,6 +55,10 @@ class TFCheckpointError(ElmoError, ValueError):
 # --------------------------------------------------------------------------- embedding
 class EmbedFileError(ElmoError):
     """A problem with the input, the output or an interrupted run, stated for the user."""
+
+
+class CorpusError(ElmoError, ValueError):
+    """``elmo embed-corpus``: an input that cannot be read, or an output folder in the way."""
 
 
 class VocabEmbeddingsError(ElmoError, ValueError):

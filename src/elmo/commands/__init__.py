@@ -18,6 +18,7 @@ from elmo.commands import (
     convert,
     download,
     embed,
+    embed_corpus,
     export,
     info,
     models,
@@ -44,6 +45,7 @@ class Command(Protocol):
 COMMANDS: dict[str, Command] = {
     "embed": embed,
     "serve": serve,
+    "embed-corpus": embed_corpus,
     "info": info,
     "vocab": vocab,
     "train": train,
