@@ -91,6 +91,7 @@ def test_cli_perplexity_errors(tmp_path, capsys):
     small_vocab = tmp_path / "vocab.txt"
     small_vocab.write_text("<S>\n</S>\n<UNK>\nthe\n")
     assert main(["perplexity", ckpt, "--vocab", str(small_vocab), "--data", str(DATA), "--quiet"]) == 1
-    assert "4 words but the model's softmax has 32 rows" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{small_vocab}: the vocabulary has 4 words but the softmax of {ckpt} has 32 rows" in err
     assert main(["perplexity", str(tmp_path), "--vocab", str(VOCAB), "--data", str(DATA)]) == 1
     assert "not a model" in capsys.readouterr().err
