@@ -537,6 +537,36 @@ def test_sentence_to_index_is_allennlps_dictionary(tmp_path, module, full):
     assert _read(out)["sentence_to_index"][0] == json.dumps(expected).encode()
 
 
+def test_the_merge_holds_hdf5s_metadata_cache_small(tmp_path, module, monkeypatch):
+    """HDF5's metadata cache grows with the datasets in a file unless capped: every file
+    the merge opens (the output, each shard) keeps it at 1 MiB, in the default file format."""
+    seen: list[tuple[str, int, int, str]] = []  # files closed while the output is open
+    merging: list[bool] = [False]
+
+    class Spy(h5py.File):  # type: ignore[misc]
+        def __init__(self, name, *args, **kw) -> None:
+            super().__init__(name, *args, **kw)
+            merging[0] = merging[0] or Path(self.filename).name == "final.hdf5.tmp"
+
+        def close(self) -> None:
+            if merging[0] and self.id.valid:
+                config = self.id.get_mdc_config()
+                seen.append((Path(self.filename).name, config.max_size, config.initial_size, self.libver[0]))
+                merging[0] = Path(self.filename).name != "final.hdf5.tmp"
+            super().close()
+
+    monkeypatch.setattr(embedfile.h5py, "File", Spy)
+    src = _write(tmp_path / "in.txt", [f"line {i}" for i in range(20)])
+    embed_file(module, _job(src, tmp_path / "out.hdf5"))
+    monkeypatch.undo()
+    names = [name for name, *_ in seen]
+    assert names[-1] == "final.hdf5.tmp" and len(names) == 4  # 3 shards of 8, 8, 4 lines
+    for name, max_size, initial_size, low in seen:
+        assert (max_size, initial_size, low) == (1 << 20, 1 << 20, "earliest"), name
+    with h5py.File(tmp_path / "out.hdf5") as f:
+        assert sorted(f) == sorted([*map(str, range(20)), "sentence_to_index"])
+
+
 def test_the_input_digest_is_of_the_lines_read(tmp_path, module, monkeypatch, full):
     src, _ = full
     partial = _interrupted(module, monkeypatch, src, tmp_path / "out.hdf5")
