@@ -36,7 +36,7 @@ import numpy as np
 
 from elmo.atomic import atomic_path, write_json_atomic
 from elmo.choices import FILE_LAYERS, STORE_DTYPES, FileLayers, StoreDtype, check_choice
-from elmo.embedder import _WINDOW_BATCHES, TokenEmbedder, embed_iter
+from elmo.embedder import WINDOW_BATCHES, TokenEmbedder, embed_iter
 from elmo.errors import CorpusError
 
 __all__ = [
@@ -81,7 +81,7 @@ class CorpusJob:
         """Lines per shard: whole windows of ``elmo.embed`` (``batch_size`` × 16 sentences),
         so that every sentence meets the batch it meets in ``elmo embed``, and results are
         equal bit for bit whatever the engine."""
-        window = self.batch_size * _WINDOW_BATCHES
+        window = self.batch_size * WINDOW_BATCHES
         return max(1, -(-self.shard_lines // window)) * window
 
 

@@ -22,7 +22,7 @@ from elmo.config import ElmoConfig
 from elmo.inputs import _as_str
 from elmo.model import widen_token_layer
 
-__all__ = ["LAYER_CHOICES", "TokenEmbedder", "embed", "embed_iter", "split_outputs"]
+__all__ = ["LAYER_CHOICES", "WINDOW_BATCHES", "TokenEmbedder", "embed", "embed_iter", "split_outputs"]
 
 LAYER_CHOICES = LAYERS
 
@@ -39,8 +39,10 @@ class TokenEmbedder(Protocol):
     def embed_tokens(self, batch: list[list[str]]) -> dict[str, torch.Tensor]: ...
 
 
-# Sentences sorted together; bounds the memory of the reordering buffer.
-_WINDOW_BATCHES = 16
+# Batches of sentences sorted together by length (a window); bounds the memory of the
+# reordering buffer. `elmo embed-corpus` cuts its shards at whole windows, so that its
+# batches are the same as `elmo embed`'s.
+WINDOW_BATCHES = 16
 
 
 def _as_tokens(sentence: Any, index: int) -> list[str]:
@@ -88,7 +90,7 @@ def _batches_in_order(
 ) -> Iterator[np.ndarray]:
     n_layers = module.config.lstm.n_layers
     sort = not module.stateful
-    window_size = batch_size * _WINDOW_BATCHES if sort else batch_size
+    window_size = batch_size * WINDOW_BATCHES if sort else batch_size
     while True:
         window = [s for _, s in zip(range(window_size), sentences)]
         if not window:
