@@ -42,6 +42,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="torch threads per worker (default: the CPU cores divided among the workers)",
     )
+    g.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="local|ADDRESS",
+        help="serve as a Ray Serve deployment: on a new Ray on this machine (local, the default "
+        'value) or on the cluster at ADDRESS host:port; needs pip install "elmo-embeddings[ray]"',
+    )
+    g.add_argument(
+        "--replicas", type=int, default=1, help="with --ray: replicas, each with its own model (default: 1)"
+    )
     g.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     b = parser.add_argument_group("batching and limits")
     b.add_argument(
@@ -92,13 +104,15 @@ def run(args: argparse.Namespace) -> int:
 
     from elmo.serve.app import ENVIRONMENT, create_app
 
-    for name in ("workers", "threads"):
+    for name in ("workers", "threads", "replicas"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name}: expected an integer >= 1, found {value}")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port: expected 0 to 65535, found {args.port}")
     settings = _settings(args)
+    if args.ray is not None:
+        return _run_on_ray(args, settings)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     torch.set_num_threads(threads)
     # Loaded here so that a bad model is one line before anything listens; the workers of
@@ -122,4 +136,33 @@ def run(args: argparse.Namespace) -> int:
         {"source": source, "engine": engine, "settings": asdict(settings), "threads": threads, "name": name}
     )
     uvicorn.run("elmo.serve.app:app_from_environment", factory=True, workers=args.workers, **common)
+    return 0
+
+
+def _run_on_ray(args: argparse.Namespace, settings: ServeSettings) -> int:
+    """``--ray``: the replicas on Ray Serve until SIGTERM or Ctrl-C, then exit 0."""
+    from elmo.serve.replicas import serve_on_ray
+
+    if args.workers != 1:
+        raise UsageError("--workers is for a single machine; with --ray give --replicas")
+    if args.model and (args.options or args.weights):
+        raise UsageError("give either --model or --options with --weights, not both")
+    if bool(args.options) != bool(args.weights):
+        raise UsageError("--options and --weights go together")
+    model = (args.options, args.weights) if args.options else (args.model or "default")
+    name = args.model or (f"{args.options} + {args.weights}" if args.options else "default")
+    engine: dict[str, object] = {"device": args.device, "engine": args.engine, "precision": args.precision}
+    if args.cache_size is not None:
+        engine["cache_size"] = args.cache_size
+    serve_on_ray(
+        model,
+        engine,
+        settings,
+        name=name,
+        address=None if args.ray == "local" else args.ray,
+        replicas=args.replicas,
+        threads=args.threads or 1,
+        host=args.host,
+        port=args.port,
+    )
     return 0

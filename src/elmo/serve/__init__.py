@@ -3,6 +3,8 @@
 - :mod:`elmo.serve.batcher`: micro-batching of requests on an inference thread (no HTTP);
 - :mod:`elmo.serve.metrics`: the Prometheus text of ``GET /metrics``;
 - :mod:`elmo.serve.app`: the FastAPI application (needs ``pip install "elmo-embeddings[serve]"``).
+- :mod:`elmo.serve.replicas`: the application as a Ray Serve deployment (``elmo serve --ray``,
+  needs ``pip install "elmo-embeddings[ray]"`` too).
 
 Importing this package imports neither FastAPI nor uvicorn.
 """
