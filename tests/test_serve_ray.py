@@ -146,3 +146,12 @@ def test_missing_ray_serve_is_one_line_naming_the_extra(monkeypatch):
         MissingExtraError, match=r'ray.serve is missing\): pip install "elmo-embeddings\[ray\]"'
     ):
         _import_serve()
+
+
+def test_a_bad_model_is_one_line_before_ray_starts(tmp_path, capsys):
+    import ray
+
+    assert cli.main(["serve", "--ray", "--model", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("elmo serve: ") and "missing" in err and "\n" not in err, err
+    assert not ray.is_initialized()

@@ -151,6 +151,10 @@ def _run_on_ray(args: argparse.Namespace, settings: ServeSettings) -> int:
         raise UsageError("--options and --weights go together")
     model = (args.options, args.weights) if args.options else (args.model or "default")
     name = args.model or (f"{args.options} + {args.weights}" if args.options else "default")
+    if args.ray == "local":
+        # A bad model is one line before Ray starts (on a cluster the replicas load their own,
+        # from paths that may exist on its machines only).
+        load_model(args)
     engine: dict[str, object] = {"device": args.device, "engine": args.engine, "precision": args.precision}
     if args.cache_size is not None:
         engine["cache_size"] = args.cache_size

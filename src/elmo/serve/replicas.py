@@ -16,7 +16,7 @@ import threading
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from elmo.errors import MissingExtraError
+from elmo.errors import ElmoError, MissingExtraError
 
 if TYPE_CHECKING:
     from elmo.ray import ModelSource
@@ -96,11 +96,18 @@ def serve_on_ray(
             ray_actor_options={"num_cpus": threads},
             max_ongoing_requests=settings.max_queue + 64,
         )(serve.ingress()(_Replica))
-        serve.run(
-            deployment.bind(model, engine, threads, asdict(settings), name),
-            name=APP_NAME,
-            route_prefix="/",
-        )
+        try:
+            serve.run(
+                deployment.bind(model, engine, threads, asdict(settings), name),
+                name=APP_NAME,
+                route_prefix="/",
+            )
+        except RuntimeError as e:  # a replica failed in its constructor (the model)
+            reason = (str(e).splitlines() or [type(e).__name__])[0]
+            raise ElmoError(
+                f"elmo serve --ray: the replicas did not start ({reason}); "
+                "their errors are in the serve logs of the Ray session"
+            ) from None
         # A signal may reach any thread of the process: the main thread runs its handler
         # only when it runs Python code, hence the polling.
         while not stop.wait(0.2):
