@@ -18,13 +18,14 @@ Where the time goes, and what is done about it:
 - Products: on CPUs, oneDNN inner products on weights reordered once (see
   :mod:`elmo.engine.precision`).
 
-Threads: one engine may serve calls from many threads at once, and each call gives
-exactly what it gives alone. What the engine keeps between calls is shared and locked:
-the derived weights (rebuilt under a lock, then only read: oneDNN's reordered and the
-quantized copies included) and the token cache (lookup with gather, and store, each under
-the cache's lock; see :mod:`elmo.engine.cache`). Everything a forward pass writes (the
-packed batch, the LSTM workspaces, the encoder's outputs) is made per call. The token
-encoder and the LSTMs run outside any lock, so threads compute in parallel.
+Threads: one engine may serve calls from many threads at once, and they give exactly
+what the same calls give in sequence (int8: see :class:`FastBiLM`). What the engine keeps
+between calls is shared and locked: the derived weights (rebuilt under a lock, then only
+read: oneDNN's reordered and the quantized copies included) and the token cache (lookup
+with gather, and store, each under the cache's lock; see :mod:`elmo.engine.cache`).
+Everything a forward pass writes (the packed batch, the LSTM workspaces, the encoder's
+outputs) is made per call. The token encoder and the LSTMs run outside any lock, so
+threads compute in parallel.
 """
 
 from __future__ import annotations
