@@ -7,6 +7,7 @@ root; a test that needs them skips, naming the missing path, when they are absen
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
@@ -16,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import torch
@@ -168,3 +169,36 @@ def one_intra_op_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class FullDisk:
+    """A file on a disk with ``room[0]`` bytes left (one list shared by the files of one
+    disk): a write past that fails with ENOSPC, as on a full disk. ``short=True``: the write
+    that does not fit first fills the room and returns the bytes it took (an unbuffered
+    file's short write); the next one fails."""
+
+    def __init__(self, f: Any, room: list[int], short: bool = False) -> None:
+        self.f, self.room, self.short = f, room, short
+
+    def write(self, data: Any) -> int:
+        if len(data) > self.room[0]:
+            if not (self.short and self.room[0] > 0):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            data = bytes(data)[: self.room[0]]
+        self.room[0] -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.f, name)
+
+    def __enter__(self) -> FullDisk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.f.close()
+
+
+def full_disk(monkeypatch: pytest.MonkeyPatch, module: ModuleType, room: int) -> None:
+    """Every file ``module`` opens shares ``room`` bytes; writes beyond raise ENOSPC."""
+    left = [room]
+    monkeypatch.setattr(module, "open", lambda *a, **k: FullDisk(open(*a, **k), left), raising=False)  # noqa: SIM115

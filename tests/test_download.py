@@ -26,7 +26,7 @@ import pytest
 import torch
 
 import elmo
-from conftest import tiny_model
+from conftest import FullDisk, tiny_model
 from elmo import cli, download
 from elmo.config import ElmoConfig
 from elmo.download import default_cache_dir, download_model, register_model
@@ -727,33 +727,10 @@ def test_bad_deadline(cache, monkeypatch):
         download_model("small", progress=False, deadline=float("nan"))
 
 
-class _FullDisk:
-    """An unbuffered file that takes ``room`` bytes, then fails as a full disk does."""
-
-    def __init__(self, f, room: int) -> None:
-        self.f, self.room = f, room
-
-    def write(self, data) -> int:
-        if self.room <= 0:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        n = self.f.write(bytes(data)[: self.room])
-        self.room -= n
-        return n
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-
 def test_full_disk_keeps_the_partial_file_for_later(cache, server, monkeypatch, capsys):
     def full_open(path, mode="r", *args, **kwargs):
         f = open(path, mode, *args, **kwargs)  # noqa: SIM115
-        return _FullDisk(f, 150_000) if str(path).endswith(".partial") and "b" in mode else f
+        return FullDisk(f, [150_000], short=True) if str(path).endswith(".partial") and "b" in mode else f
 
     monkeypatch.setattr(download, "open", full_open, raising=False)
     partial = cache / "small" / "weights.hdf5.partial"

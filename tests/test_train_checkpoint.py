@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import full_disk
 from elmo import atomic
 from elmo.errors import CheckpointError
 from elmo.train.checkpoint import (
@@ -153,35 +154,6 @@ def test_version_1_files_without_digests_still_load(tmp_path, caplog):
     assert "carries no checksum" in caplog.text
 
 
-class _FullDisk:
-    """A file on a disk with ``room[0]`` bytes left (shared by every file): writes past that
-    fail as a full disk does."""
-
-    def __init__(self, f, room: list[int]) -> None:
-        self.f, self.room = f, room
-
-    def write(self, data) -> int:
-        if len(data) > self.room[0]:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.room[0] -= len(data)
-        return self.f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-
-def full_disk(monkeypatch, room: int) -> None:
-    """Files elmo.atomic opens share ``room`` bytes; writes beyond raise ENOSPC."""
-    left = [room]
-    monkeypatch.setattr(atomic, "open", lambda *a, **k: _FullDisk(open(*a, **k), left), raising=False)  # noqa: SIM115
-
-
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
     first = _checkpoint()
@@ -189,7 +161,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     before = path.read_bytes()
     second = _checkpoint()
     second.step = 8
-    full_disk(monkeypatch, 4096)
+    full_disk(monkeypatch, atomic, 4096)
     with pytest.raises(CheckpointError) as info:
         save_checkpoint(second, path)
     assert str(info.value) == (

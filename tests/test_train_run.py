@@ -563,10 +563,11 @@ def test_run_directory_is_locked(made, tmp_path):
 
 
 def test_run_files_are_written_atomically(made, tmp_path, monkeypatch):
-    from test_train_checkpoint import full_disk
+    from conftest import full_disk
+    from elmo import atomic
 
     options_text = json.dumps(made["options"], indent=2) + "\n"
-    full_disk(monkeypatch, len(options_text) + 10)  # options.json fits, run.json does not
+    full_disk(monkeypatch, atomic, len(options_text) + 10)  # options.json fits, run.json does not
     run = tmp_path / "run"
     with pytest.raises(TrainError, match=r"cannot write the run's files in .*\[Errno 28\] No space left"):
         Trainer(run, made["options"], made["vocab"], _made_settings(made, max_steps=1))
@@ -580,12 +581,12 @@ def test_run_files_are_written_atomically(made, tmp_path, monkeypatch):
 
 
 def test_full_disk_during_a_checkpoint_keeps_the_last_one(made, tmp_path, monkeypatch, capsys):
-    from elmo import cli
-    from test_train_checkpoint import full_disk
+    from conftest import full_disk
+    from elmo import atomic, cli
 
     run = _made_run(made, tmp_path / "run", steps=1)
     before = (run / "checkpoint.pt").read_bytes()
-    full_disk(monkeypatch, 10_000)
+    full_disk(monkeypatch, atomic, 10_000)
     code = cli.main(["train", "--out", str(run), "--resume", "--quiet", "--max-steps", "2"])
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
