@@ -37,6 +37,7 @@ import numpy as np
 from elmo.atomic import atomic_path, write_json_atomic
 from elmo.choices import FILE_LAYERS, STORE_DTYPES, FileLayers, StoreDtype, check_choice
 from elmo.embedder import WINDOW_BATCHES, TokenEmbedder, embed_iter
+from elmo.embedfile import SentenceIndex, small_metadata_cache
 from elmo.errors import CorpusError
 
 __all__ = [
@@ -353,21 +354,32 @@ def finish_file(out_dir: Path, info: CorpusFile, shards: list[Shard]) -> None:
     one dataset per line named by its 0-based number, and ``sentence_to_index``)."""
     final = _hdf5_path(out_dir, info.source)
     final.parent.mkdir(parents=True, exist_ok=True)
-    sentence_to_index: dict[str, str] = {}
     parts = [out_dir / _PARTS / f"{s.name}.hdf5" for s in shards]
-    with atomic_path(final) as tmp, h5py.File(tmp, "w") as out:
-        for shard, part in zip(shards, parts):
-            with h5py.File(part, "r") as f:
-                lines = f["lines"].asstr()[()]
-                for offset in range(len(lines)):
-                    key = str(shard.first + offset)
-                    f.copy(f[key], out, name=key)
-                    sentence_to_index[lines[offset]] = key
-        ds = out.create_dataset("sentence_to_index", (1,), dtype=h5py.string_dtype())
-        ds[0] = json.dumps(sentence_to_index)
+    folder = (out_dir / _PARTS / info.source).resolve()
+    folder.mkdir(parents=True, exist_ok=True)  # absent for an input without lines
+    # sentence_to_index is gathered on disk, as elmo embed gathers it (same order, same values)
+    index = SentenceIndex(folder / "sentence_to_index.sqlite", unique=False)
+    text = folder / "sentence_to_index.json"
+    try:
+        with atomic_path(final) as tmp, h5py.File(tmp, "w") as out:
+            small_metadata_cache(out)
+            for shard, part in zip(shards, parts):
+                with h5py.File(part, "r") as f:
+                    small_metadata_cache(f)
+                    lines = list(f["lines"].asstr()[()])
+                    for offset in range(len(lines)):
+                        key = str(shard.first + offset)
+                        f.copy(f[key], out, name=key)
+                    index.add(lines, shard.first)
+            index.write_json(text)
+            ds = out.create_dataset("sentence_to_index", (1,), dtype=h5py.string_dtype())
+            ds[0] = text.read_bytes()
+    finally:
+        index.close()
+        (folder / "sentence_to_index.sqlite").unlink(missing_ok=True)
+        text.unlink(missing_ok=True)
     for part in parts:
         part.unlink(missing_ok=True)
-    folder = (out_dir / _PARTS / info.source).resolve()
     if folder.is_dir() and not any(folder.iterdir()):
         shutil.rmtree(folder, ignore_errors=True)
 

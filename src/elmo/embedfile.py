@@ -83,7 +83,9 @@ __all__ = [
     "FileEmbedder",
     "LineModel",
     "Progress",
+    "SentenceIndex",
     "embed_file",
+    "small_metadata_cache",
     "write_embeddings",
 ]
 
@@ -594,7 +596,7 @@ def _verify_shards(partial: Path, manifest: dict, progress: Progress) -> None:
 # --------------------------------------------------------------------------- sentence index
 
 
-class _SentenceIndex:
+class SentenceIndex:
     """Sentences seen so far, on disk: sentence -> (first line, last line).
 
     ``sentence_to_index`` keeps AllenNLP's dictionary order and values: sentences in the
@@ -731,7 +733,7 @@ def _shard_lines(path: Path) -> tuple[int, list[str]]:
 _CACHE_BYTES = 1 << 20
 
 
-def _small_metadata_cache(f: h5py.File) -> None:
+def small_metadata_cache(f: h5py.File) -> None:
     """Hold ``f``'s HDF5 metadata cache at 1 MiB. Left alone, it grows with the number of
     datasets in a file (its limit counts on-disk bytes; the parsed headers it keeps take
     several times that), which made the merge grow by about 0.2 kB per line. Only memory
@@ -744,7 +746,7 @@ def _small_metadata_cache(f: h5py.File) -> None:
     f.id.set_mdc_config(config)
 
 
-def _merge(partial: Path, manifest: dict, job: EmbedJob, index: _SentenceIndex | None, where: _Where) -> None:
+def _merge(partial: Path, manifest: dict, job: EmbedJob, index: SentenceIndex | None, where: _Where) -> None:
     # Written inside the partial folder, so that a killed merge leaves nothing beside OUTPUT.
     final = partial / "final.hdf5.tmp"
     text = partial / "sentence_to_index.json.tmp"
@@ -755,12 +757,12 @@ def _merge(partial: Path, manifest: dict, job: EmbedJob, index: _SentenceIndex |
     room = sum((partial / entry["name"]).stat().st_size for entry in manifest["shards"])
     _reserve(final, room + (text.stat().st_size if text.exists() else 0) + _PER_FILE)
     with h5py.File(final, "w") as out:
-        _small_metadata_cache(out)
+        small_metadata_cache(out)
         out.attrs[OUTPUT_MARK] = _FORMAT_VERSION
         for entry in manifest["shards"]:
             where.path = partial / entry["name"]
             with h5py.File(partial / entry["name"], "r") as shard:
-                _small_metadata_cache(shard)
+                small_metadata_cache(shard)
                 where.path = final  # copying: a failure is most likely a write
                 first = int(shard.attrs["first_line"])
                 lines = shard["lines"].asstr()[()] if job.sentence_keys else None
@@ -830,7 +832,7 @@ def write_embeddings(model: LineModel, job: EmbedJob, progress: Progress | None 
     partial, lock, had_work = _acquire(job)
     where = _Where()
     where.path = partial
-    index: _SentenceIndex | None = None
+    index: SentenceIndex | None = None
     manifest: dict | None = None  # set once the partial folder is this run's to change
     published = False
     try:
@@ -852,7 +854,7 @@ def write_embeddings(model: LineModel, job: EmbedJob, progress: Progress | None 
             elif job.reset_state:
                 model.set_state(None)
         if not job.forget_sentences or job.sentence_keys:
-            index = _SentenceIndex(partial / _INDEX, unique=job.sentence_keys)
+            index = SentenceIndex(partial / _INDEX, unique=job.sentence_keys)
             for entry in manifest["shards"]:
                 where.path = partial / entry["name"]
                 first, lines = _shard_lines(partial / entry["name"])
