@@ -323,9 +323,10 @@ def test_200_concurrent_mixed_requests_each_get_their_own_result(server, model):
 
 
 # --------------------------------------------------------------------------- a slow server
-@pytest.fixture(scope="module")
+@pytest.fixture
 def slow_server() -> Iterator[Server]:
-    """A queue of 2 requests and a batch that waits 1.5 s for company."""
+    """A queue of 2 requests and a batch that waits 1.5 s for company. A fresh one for each
+    test: once a batch has run, the next starts as soon as as many requests are back."""
     s = Server("--max-queue", "2", "--max-wait-ms", "1500")
     yield s
     code, err = s.stop()

@@ -14,7 +14,7 @@ import torch
 import elmo
 from conftest import tiny_model
 from elmo.choices import LAYERS
-from elmo.serve.batcher import Batcher, BatcherStopped, QueueFull, pool_mean
+from elmo.serve.batcher import PADDED_PER_TOKEN, Batcher, BatcherStopped, QueueFull, pool_mean
 
 WORDS = "the cat sat on a mat and then ran far away from naïve dogs , quickly .".split()
 
@@ -49,7 +49,7 @@ def _assert_same(got: list[np.ndarray], expected: list[np.ndarray]) -> None:
 @pytest.mark.parametrize("layers", LAYERS)
 @pytest.mark.parametrize("pool", [None, "mean"])
 def test_each_request_gets_what_embed_gives_it_alone(module, layers, pool):
-    """Requests queued together run in one model call, yet each result equals
+    """Requests queued together run in one batch, yet each result equals
     ``module.embed`` on that request's sentences alone."""
     if pool and layers == "default":
         with pytest.raises(ValueError, match="pool: layers='default' is already one vector per sentence"):
@@ -68,7 +68,8 @@ def test_each_request_gets_what_embed_gives_it_alone(module, layers, pool):
             _assert_same(f.result(timeout=30), expected)
     finally:
         batcher.stop()
-    assert batcher.batch_sentences.count == 1  # one model call for all six requests
+    assert batcher.batch_requests.count == 1  # one batch for all six requests
+    assert batcher.batch_requests.sum == 6
     assert batcher.sentences_total.value() == sum(map(len, requests))
 
 
@@ -79,8 +80,9 @@ def test_pool_mean_is_the_mean_over_tokens():
 
 
 def test_the_token_budget_splits_model_calls(module, monkeypatch):
-    """A budget of 20 padded tokens: no call has more (sentences x longest), and a request
-    spread over several calls still gets its own arrays, in order."""
+    """A budget of 20 tokens: batches of at most 20 tokens, calls of at most 4 x 20 padded
+    positions (sentences x longest), and a request spread over several batches and calls
+    still gets its own arrays, in order."""
     rng = random.Random(3)
     shapes = []
     original = module.embed_tokens
@@ -92,7 +94,7 @@ def test_the_token_budget_splits_model_calls(module, monkeypatch):
 
     monkeypatch.setattr(module, "embed_tokens", recording)
     batcher = Batcher(module, max_batch_tokens=20, max_wait_ms=0)
-    requests = [_sentences(rng, 4, longest=12) for _ in range(5)]
+    requests = [_sentences(rng, 4, longest=5) for _ in range(8)]  # at most 20 tokens each
     futures = [batcher.submit(r, "all") for r in requests]
     batcher.start()
     try:
@@ -101,7 +103,60 @@ def test_the_token_budget_splits_model_calls(module, monkeypatch):
     finally:
         batcher.stop()
     assert len(shapes) == batcher.batch_sentences.count > 1
-    assert all(rows * width <= 20 for rows, width in shapes), shapes
+    assert all(rows * width <= 20 * PADDED_PER_TOKEN for rows, width in shapes), shapes
+
+
+def test_calls_run_shortest_first_and_answer_requests_as_they_finish(module, monkeypatch):
+    """A request whose sentences are all in the batch's first (shortest) call is answered
+    while the call with the long sentences still runs."""
+    release = threading.Event()
+    widths = []
+    original = module.embed_tokens
+
+    def gated(batch):
+        widths.append(max(map(len, batch)))
+        if len(widths) == 2:  # the second call waits until the test has looked
+            assert release.wait(30)
+        return original(batch)
+
+    monkeypatch.setattr(module, "embed_tokens", gated)
+    batcher = Batcher(module, max_batch_tokens=10_000, max_wait_ms=0)
+    short = [["a", "b"]] * 20
+    long = [["the"] * 400]  # 20 x 400 padded positions cost more than a call: two calls
+    futures = [batcher.submit(short), batcher.submit(long)]
+    batcher.start()
+    try:
+        _assert_same(futures[0].result(timeout=30), module.embed(short, "elmo"))
+        assert not futures[1].done()
+        release.set()
+        _assert_same(futures[1].result(timeout=30), module.embed(long, "elmo"))
+    finally:
+        release.set()
+        batcher.stop()
+    assert widths[:2] == [2, 400]
+
+
+def test_a_batch_starts_once_the_last_batchs_clients_are_back(module):
+    """After a batch of three requests, three new requests start the next batch without
+    waiting out max_wait_ms; fewer wait for it."""
+    batcher = Batcher(module, max_batch_tokens=10_000, max_wait_ms=600)
+    batcher.start()
+    try:
+        first = [batcher.submit([["a", "b"]]) for _ in range(3)]
+        for f in first:
+            f.result(timeout=30)  # the first batch: after max_wait_ms (no previous batch)
+        t0 = time.monotonic()
+        again = [batcher.submit([["c"]]) for _ in range(3)]
+        for f in again:
+            f.result(timeout=30)
+        assert time.monotonic() - t0 < 0.5  # well under the 600 ms wait
+        assert batcher.batch_requests.count == 2
+        lone = batcher.submit([["d"]])
+        time.sleep(0.2)
+        assert not lone.done()  # one of three back: it waits for company
+        lone.result(timeout=30)
+    finally:
+        batcher.stop()
 
 
 def test_threads_submitting_at_once_each_get_their_own_result(module):

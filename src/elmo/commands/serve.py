@@ -59,14 +59,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     b.add_argument(
         "--max-batch-tokens",
         type=int,
-        default=4096,
-        help="most padded tokens (sentences x longest) in one model call (default: 4096)",
+        default=8192,
+        help="most tokens merged into one batch; a model call holds at most 4 times as many "
+        "padded positions (default: 8192)",
     )
     b.add_argument(
         "--max-wait-ms",
         type=float,
-        default=5.0,
-        help="how long a request may wait for others to fill its batch (default: 5)",
+        default=10.0,
+        help="how long a request may wait for others to fill its batch (default: 10)",
     )
     b.add_argument(
         "--max-queue", type=int, default=256, help="requests waiting before 429 is answered (default: 256)"

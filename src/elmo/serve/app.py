@@ -50,6 +50,9 @@ NPY_LAYOUT = (
     "average and word_emb, [N, L, T, D] for all; pooled (pool=mean) or default: [N, D], "
     "or [N, L, D] for all."
 )
+# Binary answers up to this size are written on the event loop (a copy or two, well under
+# a millisecond); larger ones, and every JSON answer, on a worker thread.
+INLINE_NPY_BYTES = 1 << 20
 # The environment variable that carries the settings to worker processes (--workers K).
 ENVIRONMENT = "ELMO_SERVE_CONFIG"
 
@@ -58,8 +61,8 @@ ENVIRONMENT = "ELMO_SERVE_CONFIG"
 class ServeSettings:
     """The limits of the service (the ``elmo serve`` options of the same names)."""
 
-    max_batch_tokens: int = 4096
-    max_wait_ms: float = 5.0
+    max_batch_tokens: int = 8192
+    max_wait_ms: float = 10.0
     max_queue: int = 256
     max_body_bytes: int = 1 << 20
     max_sentences: int = 256
@@ -284,6 +287,7 @@ def create_app(module: ElmoModule, settings: ServeSettings | None = None, *, mod
         )
     )
     for series in (
+        batcher.batch_requests,
         batcher.batch_sentences,
         batcher.batch_tokens,
         batcher.tokens_total,
@@ -390,7 +394,10 @@ def create_app(module: ElmoModule, settings: ServeSettings | None = None, *, mod
         lengths = [len(s) for s in batch]
         pooled = pool is not None or layers == "default"
         if NPY_TYPE in request.headers.get("accept", ""):
-            data = await run_in_threadpool(encode_npy, arrays, lengths, pooled)
+            if sum(a.nbytes for a in arrays) <= INLINE_NPY_BYTES:
+                data = encode_npy(arrays, lengths, pooled)  # cheaper than a thread hop
+            else:
+                data = await run_in_threadpool(encode_npy, arrays, lengths, pooled)
             return Response(data, media_type=NPY_TYPE)
         data = await run_in_threadpool(encode_json, arrays, lengths, layers, pool)
         return Response(data, media_type="application/json")

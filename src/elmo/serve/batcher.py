@@ -3,11 +3,13 @@
 A :class:`Batcher` owns one model and one inference thread. Requests (each a list of
 token lists, the layers it wants and an optional pooling) wait in a bounded queue; the
 thread takes them first come, first served, once the queued tokens reach the token
-budget or the oldest request has waited ``max_wait_ms``, sorts their sentences by
-length, runs them through the model in calls of at most ``max_batch_tokens`` padded
-tokens, and hands each request its own sentences' arrays. The model is stateless and
-batch-independent, so every request gets what :meth:`elmo.ElmoModule.embed` gives for
-its sentences alone.
+budget, or as many requests have arrived as the previous batch answered, or the oldest
+request has waited ``max_wait_ms`` (counted from the end of the previous batch if that
+is later). It sorts their sentences by length, cuts them into model calls
+(:func:`elmo.serve.planning.plan_calls`), runs the calls shortest sentences first, and
+hands each request its own sentences' arrays as soon as its last sentence is done. The
+model is stateless and batch-independent, so every request gets what
+:meth:`elmo.ElmoModule.embed` gives for its sentences alone.
 
 Nothing here knows HTTP: :meth:`Batcher.submit` returns a
 :class:`concurrent.futures.Future`, which an asyncio server awaits with
@@ -33,11 +35,17 @@ from elmo.choices import LAYERS, Layers, check_choice
 from elmo.embedder import split_outputs
 from elmo.module import ElmoModule
 from elmo.serve.metrics import Counter, Histogram, ThroughputWindow
+from elmo.serve.planning import CallCosts, plan_calls
 
 __all__ = ["Batcher", "BatcherStopped", "Pool", "QueueFull", "pool_mean"]
 
 Pool = Literal["mean"]
 POOLS: tuple[Pool, ...] = ("mean",)
+
+# A model call holds at most this many times max_batch_tokens padded positions
+# (sentences x longest): the bound on its output memory.
+PADDED_PER_TOKEN = 4
+
 
 # Sentences per model call and tokens per model call: the buckets of the batch-size histograms.
 _SENTENCE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -78,9 +86,15 @@ class _Request:
 class Batcher:
     """Merges concurrent requests into model calls on one inference thread.
 
-    ``max_batch_tokens``: the most padded tokens (sentences x longest sentence) in one
-    model call, and the queued tokens at which a batch starts without waiting.
-    ``max_wait_ms``: how long the oldest queued request may wait for others to join.
+    ``max_batch_tokens``: the most tokens taken into one batch (a request larger than that
+    alone is a batch of its own), and the queued tokens at which a batch starts without
+    waiting; a model call holds at most ``PADDED_PER_TOKEN`` times as many padded
+    positions (sentences x longest sentence).
+    ``max_wait_ms``: how long the oldest queued request may wait for others to join
+    (counted from the end of the previous batch if that is later). A batch also starts
+    once as many requests have arrived since the previous one began as that one held:
+    under a steady load those are its clients coming back, and waiting for them keeps
+    the batches full instead of splitting the clients into groups that take turns.
     ``max_queue``: the most requests waiting; :meth:`submit` raises :class:`QueueFull`
     beyond it.
     """
@@ -89,8 +103,8 @@ class Batcher:
         self,
         module: ElmoModule,
         *,
-        max_batch_tokens: int = 4096,
-        max_wait_ms: float = 5.0,
+        max_batch_tokens: int = 8192,
+        max_wait_ms: float = 10.0,
         max_queue: int = 256,
     ) -> None:
         if max_batch_tokens < 1:
@@ -106,13 +120,20 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self._n_layers = module.config.lstm.n_layers
+        self._costs = CallCosts.for_model(module.config, packed=module.uses_fast_engine())
         self._pending: deque[_Request] = deque()
         self._pending_tokens = 0
         self._running = 0  # requests taken into the batch being computed
+        self._last_batch_end = 0.0  # monotonic time the previous batch ended
+        self._last_batch_requests = 0  # requests the previous batch answered
+        self._arrived = 0  # requests submitted since the previous batch began
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.throughput = ThroughputWindow()
+        self.batch_requests = Histogram(
+            "elmo_batch_requests", "Requests merged into one batch.", _SENTENCE_BUCKETS
+        )
         self.batch_sentences = Histogram(
             "elmo_batch_sentences", "Sentences per model call.", _SENTENCE_BUCKETS
         )
@@ -190,6 +211,7 @@ class Batcher:
                 return request.future
             self._pending.append(request)
             self._pending_tokens += tokens
+            self._arrived += 1
             self._cond.notify_all()
         request.future.add_done_callback(lambda f: self._forget(request) if f.cancelled() else None)
         return request.future
@@ -218,7 +240,14 @@ class Batcher:
                 if self._pending:
                     if self._pending_tokens >= self.max_batch_tokens or self._stopping:
                         break
-                    remaining = self._pending[0].enqueued + self.max_wait - time.monotonic()
+                    if self._arrived >= self._last_batch_requests > 0:
+                        break  # as many requests as the last batch answered: its clients are back
+                    # The wait runs from the oldest request's arrival or from the end of the
+                    # previous batch, whichever is later: the clients just answered then
+                    # have time to send their next requests into this batch, instead of
+                    # a half-full batch starting at once and keeping them apart for good.
+                    since = max(self._pending[0].enqueued, self._last_batch_end)
+                    remaining = since + self.max_wait - time.monotonic()
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
@@ -235,6 +264,8 @@ class Batcher:
                     taken.append(request)
                     tokens += request.tokens
             self._running = len(taken)
+            self._last_batch_requests = len(taken)
+            self._arrived = 0
             return taken
 
     def _loop(self) -> None:
@@ -251,18 +282,20 @@ class Batcher:
             finally:
                 with self._cond:
                     self._running = 0
+                    self._last_batch_end = time.monotonic()
 
     def _run(self, taken: list[_Request]) -> None:
         rows = [(r, i) for r in taken for i in range(len(r.sentences))]
         rows.sort(key=lambda row: -len(row[0].sentences[row[1]]))
-        start = 0
-        while start < len(rows):
+        lengths = [len(r.sentences[i]) for r, i in rows]
+        self.batch_requests.observe(len(taken))
+        calls = plan_calls(lengths, self.max_batch_tokens * PADDED_PER_TOKEN, self._costs)
+        # Shortest sentences first: a request is answered with the call of its longest
+        # sentence, so answers leave (and their clients' next requests arrive) while the
+        # rest of the batch still runs.
+        for start, end in reversed(calls):
             # The longest sentence comes first, so it sets the padded width of the call.
-            width = max(1, len(rows[start][0].sentences[rows[start][1]]))
-            count = max(1, self.max_batch_tokens // width)
-            chunk = rows[start : start + count]
-            start += len(chunk)
-            self._call(chunk, width)
+            self._call(rows[start:end], max(1, lengths[start]))
 
     def _call(self, chunk: list[tuple[_Request, int]], width: int) -> None:
         t0 = time.perf_counter()

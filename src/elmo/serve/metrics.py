@@ -99,6 +99,11 @@ class Histogram:
         with self._lock:
             return sum(self._counts)
 
+    @property
+    def sum(self) -> float:
+        with self._lock:
+            return self._sum
+
     def samples(self) -> list[str]:
         with self._lock:
             counts, total = list(self._counts), self._sum
