@@ -22,6 +22,7 @@ import torch
 
 pytest.importorskip("fastapi", reason="elmo serve needs the serve extra (fastapi, uvicorn)")
 pytest.importorskip("uvicorn", reason="elmo serve needs the serve extra (fastapi, uvicorn)")
+pa = pytest.importorskip("pyarrow", reason="elmo serve needs the serve extra (pyarrow)")
 httpx = pytest.importorskip("httpx", reason="the serve tests need httpx")
 
 import elmo  # noqa: E402
@@ -143,6 +144,12 @@ def _from_npy(content: bytes, pooled: bool) -> list[np.ndarray]:
     return [data[i, ..., :n, :] for i, n in enumerate(lengths)]
 
 
+def _from_arrow(content: bytes) -> list[np.ndarray]:
+    """The per-sentence arrays of an Arrow IPC answer (no padding)."""
+    table = pa.ipc.open_stream(content).read_all()
+    return [np.asarray(row, dtype=np.float32) for row in table.column("embedding").to_pylist()]
+
+
 def _same(got: list[np.ndarray], expected: list[np.ndarray]) -> None:
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
@@ -155,7 +162,7 @@ def _same(got: list[np.ndarray], expected: list[np.ndarray]) -> None:
     ("layers", "pool"),
     [(layers, None) for layers in LAYERS] + [(x, "mean") for x in LAYERS if x != "default"],
 )
-def test_json_and_npy_equal_direct_calls(server, model, layers, pool):
+def test_json_npy_and_arrow_equal_direct_calls(server, model, layers, pool):
     rng = random.Random(LAYERS.index(layers))
     tokens = _sentences(rng, 4)
     body = {"tokens": tokens, "layers": layers, **({"pool": pool} if pool else {})}
@@ -177,6 +184,12 @@ def test_json_and_npy_equal_direct_calls(server, model, layers, pool):
         else:  # padded with zeros to the request's longest sentence
             np.testing.assert_allclose(data[i, ..., :n, :], e, rtol=0, atol=ATOL)
             assert not data[i, ..., n:, :].any()
+    r = server.client.post("/v1/embed", json=body, headers={"Accept": "application/vnd.apache.arrow.stream"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/vnd.apache.arrow.stream"
+    table = pa.ipc.open_stream(r.content).read_all()
+    assert table.column("length").to_pylist() == [len(t) for t in tokens]
+    assert table.schema.metadata[b"layers"] == layers.encode()
+    _same(_from_arrow(r.content), expected)
 
 
 def test_sentences_are_split_on_spaces_as_the_hub_module(server, model):
@@ -267,7 +280,8 @@ def test_health_model_docs_and_metrics(server, model):
     assert facts["limits"]["max_sentences"] == 8
     schema = server.client.get("/openapi.json").json()
     embed = schema["paths"]["/v1/embed"]["post"]
-    assert "application/x-npy" in embed["responses"]["200"]["content"]
+    content = embed["responses"]["200"]["content"]
+    assert {"application/json", "application/x-npy", "application/vnd.apache.arrow.stream"} <= set(content)
     assert set(embed["requestBody"]["content"]["application/json"]["schema"]["properties"]) == {
         "sentences",
         "tokens",
@@ -298,17 +312,20 @@ def test_200_concurrent_mixed_requests_each_get_their_own_result(server, model):
         tokens[0] = [f"request{k}", *tokens[0]][:20]  # every request differs from every other
         layers = rng.choice(LAYERS)
         pool = "mean" if layers != "default" and rng.random() < 0.3 else None
-        npy = rng.random() < 0.5
-        requests.append((tokens, layers, pool, npy))
+        answer = rng.choice(["json", "npy", "arrow"])
+        requests.append((tokens, layers, pool, answer))
     calls_before = server.metric("elmo_batch_sentences_count")
 
-    async def one(client: httpx.AsyncClient, tokens, layers, pool, npy) -> list[np.ndarray]:
+    accept = {"json": {}, "npy": {"Accept": "application/x-npy"}}
+    accept["arrow"] = {"Accept": "application/vnd.apache.arrow.stream"}
+
+    async def one(client: httpx.AsyncClient, tokens, layers, pool, answer) -> list[np.ndarray]:
         body = {"tokens": tokens, "layers": layers, **({"pool": pool} if pool else {})}
-        headers = {"Accept": "application/x-npy"} if npy else {}
-        r = await client.post("/v1/embed", json=body, headers=headers)
+        r = await client.post("/v1/embed", json=body, headers=accept[answer])
         assert r.status_code == 200, r.text
-        pooled = pool is not None or layers == "default"
-        return _from_npy(r.content, pooled) if npy else _from_json(r.json())
+        if answer == "npy":
+            return _from_npy(r.content, pool is not None or layers == "default")
+        return _from_arrow(r.content) if answer == "arrow" else _from_json(r.json())
 
     async def all_at_once() -> list[list[np.ndarray]]:
         limits = httpx.Limits(max_connections=200)

@@ -3,9 +3,10 @@
 ``POST /v1/embed`` takes ``{"sentences": [...]}`` (the hub module's ``default``
 signature: split on spaces) or ``{"tokens": [[...], ...]}``, ``"layers"`` and an optional
 ``"pool": "mean"``, and answers JSON, or a binary body with ``Accept: application/x-npy``
-(:data:`NPY_LAYOUT`). ``GET /healthz``, ``/readyz``, ``/v1/model`` and ``/metrics`` tell
-whether it lives, whether it takes work, what model it runs, and how it has been doing.
-The OpenAPI schema is at ``/openapi.json``, rendered at ``/docs``.
+or ``Accept: application/vnd.apache.arrow.stream`` (:mod:`elmo.serve.formats`).
+``GET /healthz``, ``/readyz``, ``/v1/model`` and ``/metrics`` tell whether it lives,
+whether it takes work, what model it runs, and how it has been doing. The OpenAPI
+schema is at ``/openapi.json``, rendered at ``/docs``.
 
 Every refusal is a JSON body ``{"error": {"status", "message", ...}}`` whose one-line
 message names the field or the limit: 413 for a body, a request or a sentence over a
@@ -16,13 +17,13 @@ the queue is full, 503 while shutting down.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -38,21 +39,24 @@ from elmo.commands.info import model_facts
 from elmo.inputs import split_sentences
 from elmo.module import ElmoModule
 from elmo.serve.batcher import Batcher, BatcherStopped, QueueFull
+from elmo.serve.formats import (
+    ARROW_LAYOUT,
+    ARROW_TYPE,
+    JSON_TYPE,
+    NPY_LAYOUT,
+    NPY_TYPE,
+    encode_arrow,
+    encode_json,
+    encode_npy,
+    negotiate,
+)
 from elmo.serve.metrics import LATENCY_BUCKETS, Counter, Gauge, Histogram, Registry
 
-__all__ = ["NPY_LAYOUT", "NPY_TYPE", "EmbedRequest", "ServeSettings", "app_from_environment", "create_app"]
+__all__ = ["EmbedRequest", "ServeSettings", "app_from_environment", "create_app"]
 
-NPY_TYPE = "application/x-npy"
-NPY_LAYOUT = (
-    "Two .npy arrays back to back (read them with np.load twice from one file object): "
-    "first the lengths, int64 [N] (tokens per sentence), then the embeddings, float32, "
-    "padded with zeros to the longest sentence of the request: [N, T, D] for elmo, top, "
-    "average and word_emb, [N, L, T, D] for all; pooled (pool=mean) or default: [N, D], "
-    "or [N, L, D] for all."
-)
 # Binary answers up to this size are written on the event loop (a copy or two, well under
 # a millisecond); larger ones, and every JSON answer, on a worker thread.
-INLINE_NPY_BYTES = 1 << 20
+INLINE_BINARY_BYTES = 1 << 20
 # The environment variable that carries the settings to worker processes (--workers K).
 ENVIRONMENT = "ELMO_SERVE_CONFIG"
 
@@ -181,33 +185,6 @@ def parse_request(
     if req.pool is not None and req.layers == "default":
         raise _Refusal(422, "pool: layers=default is already one vector per sentence", field="pool")
     return batch, req.layers, req.pool
-
-
-def _padded(arrays: list[np.ndarray], lengths: list[int], pooled: bool) -> np.ndarray:
-    """The per-sentence arrays in one zero-padded array (see :data:`NPY_LAYOUT`)."""
-    if pooled:
-        return np.stack(arrays).astype(np.float32, copy=False)
-    first = arrays[0]
-    width = max(lengths)
-    shape = (len(arrays), *first.shape[:-2], width, first.shape[-1])
-    out = np.zeros(shape, dtype=np.float32)
-    for i, (a, n) in enumerate(zip(arrays, lengths)):
-        out[i, ..., :n, :] = a
-    return out
-
-
-def encode_npy(arrays: list[np.ndarray], lengths: list[int], pooled: bool) -> bytes:
-    """The binary body of :data:`NPY_LAYOUT`."""
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(lengths, dtype=np.int64), allow_pickle=False)
-    np.save(buf, _padded(arrays, lengths, pooled), allow_pickle=False)
-    return buf.getvalue()
-
-
-def encode_json(arrays: list[np.ndarray], lengths: list[int], layers: str, pool: str | None) -> bytes:
-    """The JSON body (float32 values written as the shortest float64 repr: exact on reading back)."""
-    body = {"layers": layers, "pool": pool, "lengths": lengths, "embeddings": [a.tolist() for a in arrays]}
-    return json.dumps(body, separators=(",", ":")).encode()
 
 
 async def _disconnected(receive: Callable[[], Awaitable[MutableMapping[str, Any]]]) -> None:
@@ -351,10 +328,12 @@ def create_app(module: ElmoModule, settings: ServeSettings | None = None, *, mod
         },
         responses={
             200: {
-                "description": f"JSON (the default), or with Accept: {NPY_TYPE}: {NPY_LAYOUT}",
+                "description": f"JSON (the default); with Accept: {NPY_TYPE}: {NPY_LAYOUT} "
+                f"With Accept: {ARROW_TYPE}: {ARROW_LAYOUT}",
                 "content": {
-                    "application/json": {"schema": EmbedResponse.model_json_schema()},
+                    JSON_TYPE: {"schema": EmbedResponse.model_json_schema()},
                     NPY_TYPE: {"schema": {"type": "string", "format": "binary"}},
+                    ARROW_TYPE: {"schema": {"type": "string", "format": "binary"}},
                 },
             },
             413: {
@@ -393,14 +372,20 @@ def create_app(module: ElmoModule, settings: ServeSettings | None = None, *, mod
             return _error(500, f"the model failed on this batch: {type(e).__name__}: {e}")
         lengths = [len(s) for s in batch]
         pooled = pool is not None or layers == "default"
-        if NPY_TYPE in request.headers.get("accept", ""):
-            if sum(a.nbytes for a in arrays) <= INLINE_NPY_BYTES:
-                data = encode_npy(arrays, lengths, pooled)  # cheaper than a thread hop
-            else:
-                data = await run_in_threadpool(encode_npy, arrays, lengths, pooled)
-            return Response(data, media_type=NPY_TYPE)
-        data = await run_in_threadpool(encode_json, arrays, lengths, layers, pool)
-        return Response(data, media_type="application/json")
+        answer = negotiate(request.headers.get("accept", ""))
+        if answer == "json":
+            data = await run_in_threadpool(encode_json, arrays, lengths, layers, pool)
+            return Response(data, media_type=JSON_TYPE)
+        encode: Callable[[], bytes] = (
+            partial(encode_npy, arrays, lengths, pooled)
+            if answer == "npy"
+            else partial(encode_arrow, arrays, lengths, layers, pool, pooled)
+        )
+        if sum(a.nbytes for a in arrays) <= INLINE_BINARY_BYTES:
+            data = encode()  # a copy or two: cheaper than a thread hop
+        else:
+            data = await run_in_threadpool(encode)
+        return Response(data, media_type=NPY_TYPE if answer == "npy" else ARROW_TYPE)
 
     return app
 
