@@ -340,7 +340,8 @@ def _tables(result: dict) -> str:
         f"{s['max_queue']}): {s['offered']} requests, {s['share_429']:.0%} answered 429, "
         f"{s['answered']} answered 200 (p50 {s['p50_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms), "
         f"5xx: {s['5xx']}, connection errors: {s['connection_errors']}; server RSS {s['rss_mb'][0]:.0f} MB "
-        f"at start, peak {s['rss_mb'][1]:.0f} MB, {s['rss_mb'][2]:.0f} MB at the end; exit status "
+        f"at start, peak {s['rss_mb'][1]:.0f} MB, {s['rss_mb'][2]:.0f} MB at the end (peak of each "
+        f"tenth of the run: {', '.join(f'{x:.0f}' for x in s['rss_mb_by_tenth'])} MB); exit status "
         f"after SIGTERM: {s['exit_status']}.",
     ]
     return "\n".join(lines)
@@ -424,6 +425,8 @@ def main() -> None:
         "p50_ms": float(np.percentile(lat, 50)),
         "p99_ms": float(np.percentile(lat, 99)),
         "rss_mb": [rss[0], max(rss), rss[-1]] if rss else [float("nan")] * 3,
+        # The peak of each tenth of the run: whether memory levels off or keeps growing.
+        "rss_mb_by_tenth": [max(part) for part in np.array_split(np.asarray(rss), 10) if len(part)],
         "exit_status": exit_status,
     }
     print(json.dumps(result["saturation"]), flush=True)

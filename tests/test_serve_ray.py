@@ -1,5 +1,6 @@
 """``elmo serve --ray``: the service as a Ray Serve deployment with two replicas on a local
-Ray (2 CPUs) started by the command, seen by a real HTTP client.
+Ray (2 CPUs) started by the command, seen by a real HTTP client: answers, 429 under a
+flood, and SIGTERM finishing the requests in flight.
 
 Marked ``ray``: it starts Ray (about half a minute on two cores).
 """
@@ -61,6 +62,7 @@ def test_ray_serve_two_replicas_answer_as_the_model(tmp_path):
     env.pop("RAY_ADDRESS", None)
     argv = [sys.executable, "-m", "elmo", "serve", "--ray", "--replicas", "2", "--threads", "1"]
     argv += ["--model", str(tiny_model()), "--engine", "plain", "--port", str(port), "--max-wait-ms", "20"]
+    argv += ["--max-queue", "2"]
     with open(log, "w") as out:
         process = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -98,7 +100,11 @@ def test_ray_serve_two_replicas_answer_as_the_model(tmp_path):
         ]
 
         def call(tokens: list[list[str]]) -> dict:
-            answer = client.post("/v1/embed", json={"tokens": tokens, "layers": "all"})
+            while True:  # a queue of 2 per replica: a client that is told 429 comes back
+                answer = client.post("/v1/embed", json={"tokens": tokens, "layers": "all"})
+                if answer.status_code != 429:
+                    break
+                time.sleep(0.05)
             assert answer.status_code == 200, answer.text
             return answer.json()
 
@@ -107,9 +113,38 @@ def test_ray_serve_two_replicas_answer_as_the_model(tmp_path):
         for tokens, answer in zip(requests, answers, strict=True):
             assert answer["lengths"] == [len(s) for s in tokens]
             _same(_from_json(answer), model.embed(tokens, "all"))
-        client.close()
 
-        process.send_signal(signal.SIGTERM)
+        # A flood: each replica's queue of 2 refuses the excess with 429 (through Serve's
+        # proxy), the accepted get their own answers, nothing fails.
+        flood = [[[f"flood{k}", *rng.sample(WORDS, 3)]] for k in range(80)]
+        with ThreadPoolExecutor(80) as pool:
+            responses = list(
+                pool.map(lambda t: client.post("/v1/embed", json={"tokens": t, "layers": "elmo"}), flood)
+            )
+        codes = [r.status_code for r in responses]
+        assert set(codes) <= {200, 429} and 429 in codes and 200 in codes, codes
+        for tokens, r in zip(flood, responses, strict=True):
+            if r.status_code == 429:
+                assert int(r.headers["Retry-After"]) >= 1
+                assert r.json()["error"]["limit"] == "max_queue"
+            else:
+                _same(_from_json(r.json()), model.embed(tokens, "elmo"))
+
+        # SIGTERM while two long requests (about 2 s of model time each) are in flight:
+        # both are answered, then the command exits 0.
+        long = [[[f"w{rng.randint(0, 5000)}" for _ in range(400)] for _ in range(256)] for _ in range(2)]
+        with ThreadPoolExecutor(2) as pool:
+            pending = [
+                pool.submit(client.post, "/v1/embed", json={"tokens": t, "layers": "default"}) for t in long
+            ]
+            time.sleep(1.0)
+            assert not any(f.done() for f in pending)
+            process.send_signal(signal.SIGTERM)
+            finished = [f.result(timeout=120) for f in pending]
+        for tokens, r in zip(long, finished, strict=True):
+            assert r.status_code == 200, r.text
+            _same(_from_json(r.json()), model.embed(tokens, "default"))
+        client.close()
         assert process.wait(timeout=90) == 0, log.read_text()
         deadline = time.monotonic() + 30
         while _processes_mentioning(ray_tmp) and time.monotonic() < deadline:

@@ -10,6 +10,7 @@ Ray is imported when a function here is called, never by ``import elmo``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -89,12 +90,18 @@ def serve_on_ray(
         serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
         # Each replica's batcher merges its requests and refuses with 429 when its queue is
         # full: Serve lets through more than that queue (its default is 5 at a time), with
-        # room for the requests in the model call and the GET endpoints.
+        # room for the requests in the model call and the GET endpoints. Serve's own queue in
+        # front of the replicas (requests not yet given to one) holds as many again, and
+        # answers 503 past that instead of holding any number of requests. On shutdown a
+        # replica finishes the requests it holds (up to a minute) before it goes.
+        per_replica = settings.max_queue + 64
         deployment = serve.deployment(
             name="ElmoService",
             num_replicas=replicas,
             ray_actor_options={"num_cpus": threads},
-            max_ongoing_requests=settings.max_queue + 64,
+            max_ongoing_requests=per_replica,
+            max_queued_requests=per_replica * replicas,
+            graceful_shutdown_timeout_s=60,
         )(serve.ingress()(_Replica))
         try:
             serve.run(
@@ -113,6 +120,12 @@ def serve_on_ray(
         while not stop.wait(0.2):
             pass
     finally:
+        # The application first: its replicas finish the requests they hold while the proxy
+        # is still up to deliver the answers (and answers new ones with 503 or 404);
+        # serve.shutdown alone takes the proxy down with them. An application that never
+        # deployed (a replica failed to start) has nothing to drain.
+        with contextlib.suppress(Exception):
+            serve.delete(APP_NAME)
         try:
             serve.shutdown()
         finally:
