@@ -447,6 +447,33 @@ def test_non_finite_or_out_of_range_options_are_refused_before_any_work(made, tm
     assert not (tmp_path / "run").exists()  # nothing was started
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"batch_size": None}, "'batch_size' must be a positive integer, found null"),
+        ({"unroll_steps": 0}, "'unroll_steps' must be a positive integer, found 0"),
+        ({"n_tokens_vocab": 7}, "n_tokens_vocab is 7 but "),
+        ({"n_negative_samples_batch": 10_000}, "n_negative_samples_batch must be an integer from 1 to the "),
+        ({"bidirectional": False}, "bidirectional is false"),
+    ],
+)
+def test_a_bad_option_names_the_options_file(made, tmp_path, change, message):
+    path = tmp_path / "my-options.json"
+    path.write_text(json.dumps({**made["options"], **change}))
+    with pytest.raises(TrainError, match="^" + re.escape(f"{path}: {message}")):
+        Trainer(tmp_path / "run", path, made["vocab"], _made_settings(made, max_steps=1))
+    assert not (tmp_path / "run").exists()
+
+
+def test_too_many_negative_samples_are_refused_before_any_work(made, tmp_path):
+    options = dict(made["options"], n_negative_samples_batch=10_000)
+    with pytest.raises(TrainError, match=r"^options: n_negative_samples_batch must be an integer from 1 to"):
+        Trainer(tmp_path / "run", options, made["vocab"], _made_settings(made, max_steps=1))
+    # With the full softmax the option is not used.
+    options["sample_softmax"] = False
+    Trainer(tmp_path / "run", options, made["vocab"], _made_settings(made, max_steps=1)).run()
+
+
 def test_cli_refuses_nan_options(made, tmp_path):
     options = tmp_path / "options.json"
     options.write_text(json.dumps(dict(made["options"], learning_rate=float("nan"))))  # NaN in JSON
@@ -469,7 +496,7 @@ def test_cli_refuses_nan_options(made, tmp_path):
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        "elmo train: error: options: 'learning_rate' must be a finite number, found nan"
+        f"elmo train: error: {options}: 'learning_rate' must be a finite number, found nan"
     ]
 
 

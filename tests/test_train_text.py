@@ -52,3 +52,21 @@ def test_count_tokens_and_read_sentences():
     assert count_tokens(DATA) == 134
     sentences = list(read_sentences(find_shards(DATA)))
     assert len(sentences) == 5 and sentences[1] == "these models make use of neural networks .".split()
+
+
+def test_a_line_over_the_cap_is_refused_naming_file_and_line(tmp_path, monkeypatch):
+    """A file with no line breaks (or a binary one) is not read into memory whole."""
+    import elmo.train.text
+
+    monkeypatch.setattr(elmo.train.text, "LINE_CAP", 100)
+    path = tmp_path / "one-long-line.txt"
+    path.write_text("a b\n" + "w " * 60 + "\nc\n", encoding="utf-8")
+    message = r"one-long-line\.txt, line 2: longer than .*; expected one sentence a line"
+    with pytest.raises(DataError, match=message):
+        list(iter_lines(path))
+    with pytest.raises(DataError, match=r"one-long-line\.txt, line 2: longer than"):
+        elmo.train.text.read_lines(path)
+    short = tmp_path / "short.txt"
+    short.write_text("a b\n" + "w " * 49 + "\n", encoding="utf-8")  # 99 characters and the newline
+    assert [n for n, _ in iter_lines(short)] == [1, 2]
+    assert len(elmo.train.text.read_lines(short)) == 2

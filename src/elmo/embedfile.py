@@ -67,7 +67,7 @@ from elmo.atomic import atomic_path, publish, write_json_atomic
 from elmo.choices import FILE_LAYERS, STORE_DTYPES, FileLayers, StoreDtype, check_choice
 from elmo.embedder import TokenEmbedder, embed_iter
 from elmo.errors import ConfigurationError, EmbedFileError
-from elmo.files import MANIFEST_CAP, read_bytes_capped
+from elmo.files import LINE_CAP, MANIFEST_CAP, read_bytes_capped
 from elmo.model import LayerState
 
 try:
@@ -95,7 +95,6 @@ _LOCK = "lock"
 _INDEX = "sentences.sqlite"
 _FORMAT_VERSION = 2
 OUTPUT_MARK = "elmo_embed"  # attribute of the root group of every output this writer made
-_LINE_CAP = 16 * 2**20  # bytes (characters for a text stream) in one input line
 _BOM = "\ufeff"
 
 
@@ -299,13 +298,13 @@ class _Input:
     def raw_lines(self, stream: IO[Any]) -> Iterator[bytes | str]:
         """Undecoded lines (bytes, or str from a text stream), counted and digested."""
         while True:
-            raw = stream.readline(_LINE_CAP + 1)
+            raw = stream.readline(LINE_CAP + 1)
             if not raw:
                 return
             self.line_no += 1
-            if len(raw) > _LINE_CAP:
+            if len(raw) > LINE_CAP:
                 raise EmbedFileError(
-                    f"{self.name}: line {self.line_no}: longer than {_LINE_CAP // 2**20} MiB; "
+                    f"{self.name}: line {self.line_no}: longer than {LINE_CAP // 2**20} MiB; "
                     "expected one sentence a line"
                 )
             self.digest.update(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)

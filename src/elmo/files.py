@@ -16,6 +16,10 @@ manifests                64 MiB     a resumable run's record of its shards
 vocabularies             1 GiB      bilm-tf's 1B Word vocabulary is 6.8 MiB (793 471
                                     words); 1 GiB holds about 100 million words
 =======================  =========  ==================================================
+
+Text is read a line at a time, and one line of an input or a training corpus may hold at
+most ``LINE_CAP`` (16 MiB): a sentence a line, so a longer one is a file of another kind
+(or no line breaks at all), refused naming the file and line before it fills memory.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 from elmo.errors import ElmoError
 
 __all__ = [
+    "LINE_CAP",
     "MANIFEST_CAP",
     "OPTIONS_CAP",
     "VOCAB_CAP",
@@ -42,6 +47,7 @@ __all__ = [
 OPTIONS_CAP = 16 * 2**20
 MANIFEST_CAP = 64 * 2**20
 VOCAB_CAP = 2**30
+LINE_CAP = 16 * 2**20  # characters (bytes when read as bytes) in one line of text
 
 PathLike = str | os.PathLike[str]
 

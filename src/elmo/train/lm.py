@@ -26,7 +26,10 @@ from elmo.config import ElmoConfig
 from elmo.model import ElmoBiLM, LayerState, LSTMLayer, has_skip_connection, lstm_cell
 from elmo.train.softmax import LogUniformSampler, SoftmaxHead
 
-__all__ = ["DirectionLoss", "LMLosses", "TrainingBiLM", "init_like_bilm_tf", "run_lstm"]
+__all__ = ["NEGATIVE_SAMPLES", "DirectionLoss", "LMLosses", "TrainingBiLM", "init_like_bilm_tf", "run_lstm"]
+
+# bilm-tf's n_negative_samples_batch when the options do not give it.
+NEGATIVE_SAMPLES = 8192
 
 
 def run_lstm(layer: LSTMLayer, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -90,7 +93,7 @@ class TrainingBiLM(nn.Module):
         training = config.training
         self.dropout = float(training.get("dropout", 0.0) or 0.0)
         self.sample_softmax = bool(training.get("sample_softmax", True))
-        self.n_negative_samples = int(training.get("n_negative_samples_batch", 8192))
+        self.n_negative_samples = int(training.get("n_negative_samples_batch", NEGATIVE_SAMPLES))
         self.sampler = LogUniformSampler(vocab_size)
 
     def zero_state(self, batch: int) -> list[LayerState]:

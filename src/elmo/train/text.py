@@ -16,9 +16,11 @@ import glob
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import IO
 
 from elmo.chars import BOS_TOKEN, EOS_TOKEN
 from elmo.errors import DataError
+from elmo.files import LINE_CAP
 
 __all__ = [
     "count_tokens",
@@ -90,11 +92,21 @@ def split_line(line: str, path: Path, number: int) -> list[str]:
     return tokens
 
 
+def _lines(f: IO[str], path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of an open text file, each line at most LINE_CAP long."""
+    for number, line in enumerate(iter(lambda: f.readline(LINE_CAP + 1), ""), start=1):
+        if len(line) > LINE_CAP:
+            raise DataError(
+                f"{path}, line {number}: longer than {LINE_CAP // 2**20} MiB; expected one sentence a line"
+            )
+        yield number, line
+
+
 def read_lines(path: Path) -> list[str]:
     """Every line of a text file as bilm-tf's ``readlines()`` gives it (not yet split)."""
     try:
         with path.open(encoding="utf-8-sig") as f:
-            return f.readlines()
+            return [line for _, line in _lines(f, path)]
     except UnicodeDecodeError as e:
         raise _decode_error(path, e) from None
     except OSError as e:
@@ -104,12 +116,13 @@ def read_lines(path: Path) -> list[str]:
 def iter_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, list[str]]]:
     """``(line number, tokens)`` of every line of a text file, streamed.
 
-    Raises :class:`DataError` for a line that is not UTF-8 or holds ``<S>``/``</S>``.
+    Raises :class:`DataError` for a line that is not UTF-8, holds ``<S>``/``</S>`` or is
+    longer than :data:`elmo.files.LINE_CAP`.
     """
     path = Path(path)
     try:
         with path.open(encoding="utf-8-sig") as f:
-            for number, line in enumerate(f, start=1):
+            for number, line in _lines(f, path):
                 yield number, split_line(line, path, number)
     except UnicodeDecodeError as e:
         raise _decode_error(path, e) from None

@@ -53,7 +53,7 @@ from elmo.model import LayerState
 from elmo.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, vocab_digest
 from elmo.train.data import LMBatches
 from elmo.train.distributed import World
-from elmo.train.lm import TrainingBiLM, init_like_bilm_tf
+from elmo.train.lm import NEGATIVE_SAMPLES, TrainingBiLM, init_like_bilm_tf
 from elmo.train.models import load_initial_weights
 from elmo.train.optim import Adagrad, clip_by_global_norm
 from elmo.train.text import count_tokens, find_shards
@@ -210,6 +210,7 @@ class Trainer:
             saved = self._read_run_json()
             self.settings = self._merge_settings(saved, settings)
             self.options = self._check_options(options, ckpt.options)
+            self.options_source = str(options) if options is not None else str(self.out / "options.json")
             self._check_run_options(ckpt.options)
             self.vocab_path = self.out / "vocab.txt"
             if vocab is not None:
@@ -224,6 +225,7 @@ class Trainer:
                 raise TrainError("a new run needs --options and --vocab")
             self.settings = settings or RunSettings()
             self.options = self._read_options(options)
+            self.options_source = "options" if isinstance(options, dict) else str(options)
             self.vocab_path = Path(vocab)
         self.vocab = Vocabulary.from_file(self.vocab_path)
         self.vocab_sha256 = vocab_digest(self.vocab.words)
@@ -233,7 +235,7 @@ class Trainer:
                 f"with (SHA-256 {self.vocab_sha256[:16]}..., the checkpoint's {ckpt.vocab_sha256[:16]}...)"
             )
         self._validate_numbers()
-        self.config = _model_config(self.options, str(self.out / "options.json"))
+        self.config = _model_config(self.options, self.options_source)
         self._validate()
         self.device = (
             torch.device(self.settings.device) if self.settings.device else self.world.default_device()
@@ -364,39 +366,47 @@ class Trainer:
         """Every number in the options finite, the known ones in range; before any work."""
         for name, value in _numbers(self.options):
             if not math.isfinite(value):
-                raise TrainError(f"options: '{name}' must be a finite number, found {value}")
+                raise TrainError(f"{self.options_source}: '{name}' must be a finite number, found {value}")
             if name in _OPTION_RANGES:
                 low, high, low_ok = _OPTION_RANGES[name]
                 if value > high or value < low or (value == low and not low_ok):
                     bound = f">= {low:g}" if low_ok else f"> {low:g}"
                     if high != math.inf:
                         bound += f" and <= {high:g}"
-                    raise TrainError(f"options: '{name}' must be {bound}, found {value}")
+                    raise TrainError(f"{self.options_source}: '{name}' must be {bound}, found {value}")
         s = self.settings
         for name, minutes in (("save_every_minutes", s.save_every_minutes),):
             if not math.isfinite(minutes) or minutes < 0:
                 raise TrainError(f"{name} must be a finite number >= 0, found {minutes}")
 
     def _validate(self) -> None:
-        opts = self.options
+        opts, source = self.options, self.options_source
         for key in ("batch_size", "unroll_steps"):
             if not isinstance(opts.get(key), int) or opts[key] < 1:
                 raise TrainError(
-                    f"options: '{key}' must be a positive integer, found {json.dumps(opts.get(key))}"
+                    f"{source}: '{key}' must be a positive integer, found {json.dumps(opts.get(key))}"
                 )
         n_vocab = opts.get("n_tokens_vocab")
         if n_vocab is not None and n_vocab != self.vocab.size:
             raise TrainError(
-                f"options: n_tokens_vocab is {n_vocab} but {self.vocab_path} holds {self.vocab.size} words"
+                f"{source}: n_tokens_vocab is {n_vocab} but {self.vocab_path} holds {self.vocab.size} words"
+            )
+        sampled = opts.get("n_negative_samples_batch", NEGATIVE_SAMPLES)
+        if opts.get("sample_softmax", True) and not (
+            isinstance(sampled, int) and 0 < sampled <= self.vocab.size
+        ):
+            raise TrainError(
+                f"{source}: n_negative_samples_batch must be an integer from 1 to the vocabulary's "
+                f"size ({self.vocab.size} words in {self.vocab_path}), found {json.dumps(sampled)}"
             )
         if not opts.get("bidirectional", True):
             raise TrainError(
-                "options: bidirectional is false; only bidirectional LMs (ELMo) are trained here"
+                f"{source}: bidirectional is false; only bidirectional LMs (ELMo) are trained here"
             )
         if opts.get("share_embedding_softmax"):
             raise TrainError(
-                "options: share_embedding_softmax needs word inputs; ELMo's char-CNN inputs cannot share it "
-                "(bilm-tf refuses it too)"
+                f"{source}: share_embedding_softmax needs word inputs; ELMo's char-CNN inputs cannot "
+                "share it (bilm-tf refuses it too)"
             )
         if not self.settings.train:
             raise TrainError("no training data given (--train)")
