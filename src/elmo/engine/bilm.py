@@ -265,11 +265,13 @@ class FastBiLM:
             first, last = 1, steps + 1
         word_index = torch.where(keep, index[:, first:last], zero_row)
         layers = [table.index_select(0, word_index.reshape(-1)).view(batch, last - first, proj).float()]
-        f_idx = torch.where(keep, fwd_pos[:, first:last], packed.total).reshape(-1)
-        b_idx = torch.where(keep, bwd_pos[:, first:last], packed.total).reshape(-1)
+        # Each position's forward and backward rows side by side, gathered at once from both
+        # directions' packed outputs seen as one [2 (total + 1), P] table (the row `total`
+        # of each direction is zero): no half-width copies into the result.
+        f_idx = torch.where(keep, fwd_pos[:, first:last], packed.total)
+        b_idx = torch.where(keep, bwd_pos[:, first:last], packed.total) + (packed.total + 1)
+        both_idx = torch.stack([f_idx, b_idx], dim=-1).reshape(-1)
         for out in outputs:
-            both = torch.empty(batch * (last - first), 2 * proj, device=device)
-            both[:, :proj] = out[0].index_select(0, f_idx)
-            both[:, proj:] = out[1].index_select(0, b_idx)
+            both = out.reshape(2 * (packed.total + 1), proj).index_select(0, both_idx).float()
             layers.append(both.view(batch, last - first, 2 * proj))
         return BiLMOutput(layers=layers, mask=keep, state=final)

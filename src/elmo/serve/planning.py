@@ -1,21 +1,22 @@
 """How a batch of sentences is cut into model calls: the fewest, fullest calls that pay off.
 
 A model call's time has four parts, each measured by least squares over calls of many
-shapes (one torch thread, AMD EPYC with AVX-512; the bundled model and a random model of
-the original's size):
+shapes (one torch thread, no autograd, AMD EPYC with AVX-512; the bundled model and a
+random model of the original's size):
 
 - **rows**: every time step multiplies each active sentence's row through every LSTM
   weight, and every product has at least ``MIN_ROWS`` rows (so that a sentence's result
   does not depend on its company; see :mod:`elmo.model`). The fast engine packs the
   sentences, so step ``t`` has ``max(MIN_ROWS, n_t)`` rows, ``n_t`` the sentences longer
-  than ``t``; the plain model runs every step over every sentence. This is the unit below.
-- **steps**: a step's fixed work (its small elementwise operations): about 8 row-steps
-  for the bundled model, 4.5 for the original's size; ``STEP_ROWS`` = 6.
+  than ``t``; the plain model runs every step over every sentence. A row-step (26 us for
+  the bundled model, 826 us for the original's size) is the unit below.
+- **steps**: a step's fixed work (its small elementwise operations): 6.6 row-steps for
+  the bundled model, 2.2 for the original's size; ``STEP_ROWS`` = 6.
 - **padded positions** (sentences x longest): the outputs, the layer mix, the copies out.
-  Their cost follows the output width, the rows' the LSTM's multiply-adds, so their ratio
-  is ``PADDED_ROWS`` x (output floats per position) / (multiply-adds per row-step): 0.19
-  row-steps for the bundled model, 0.022 for the original's size (measured 0.19 and 0.022).
-- **a call**: preparing the batch and its bookkeeping: 110 row-steps (bundled), 55
+  They cost ``PADDED_ROWS`` x (output floats per position) / (floating-point operations
+  per row-step): 0.079 row-steps for the bundled model (measured 0.079), 0.0099 for the
+  original's size (measured 0.0049: padding is charged double there, which costs little).
+- **a call**: preparing the batch and its bookkeeping: 85 row-steps (bundled), 38
   (original's size); ``CALL_ROWS`` = 80.
 
 Sorting a batch by length and cutting it into contiguous calls with the least total cost
@@ -39,7 +40,7 @@ __all__ = ["CallCosts", "plan_calls"]
 
 STEP_ROWS = 6.0
 CALL_ROWS = 80.0
-PADDED_ROWS = 1168.0
+PADDED_ROWS = 486.0
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class CallCosts:
 
     call: float = CALL_ROWS
     step: float = STEP_ROWS
-    padded: float = 0.19
+    padded: float = 0.079
     packed: bool = True  # the fast engine: rows of finished sentences cost nothing
 
     @classmethod
