@@ -61,3 +61,29 @@ def test_matches_bilm_tf_batcher_output():
     assert ours.shape[1] <= stored.shape[1]
     assert np.array_equal(ours.numpy(), stored[:, : ours.shape[1]])
     assert (stored[:, ours.shape[1] :] == 0).all()
+
+
+def test_batches_equal_token_by_token_ids_for_any_text():
+    """The batch conversion (all tokens at once) gives what token_to_char_ids gives each
+    token: multi-byte and cut characters, markers, empty tokens and lone surrogates."""
+    import random
+
+    rng = random.Random(0)
+    alphabet = ["a", "Z", "é", "ß", "中", "😀", "\u0301", "\ud800", " ", "<", ">", "/", "S", "\x00"]
+    words = ["<S>", "</S>", "", "<S>x", "x" * 48, "é" * 30, "😀" * 13]
+    for _ in range(200):
+        words.append("".join(rng.choices(alphabet, k=rng.randint(1, 60))))
+    for max_chars in (50, 10, 3):
+        batch = [rng.choices(words, k=rng.randint(0, 12)) for _ in range(40)]
+        got = batch_to_char_ids(batch, max_chars)
+        assert got.dtype == torch.long and got.shape == (40, max(map(len, batch)), max_chars)
+        for b, sentence in enumerate(batch):
+            for t, token in enumerate(sentence):
+                assert tuple(got[b, t].tolist()) == token_to_char_ids(token, max_chars), (token, max_chars)
+            assert not got[b, len(sentence) :].any()
+            assert sentence_to_char_ids(sentence, max_chars).tolist() == [
+                list(token_to_char_ids(token, max_chars)) for token in sentence
+            ]
+    assert batch_to_char_ids([]).shape == (0, 0, 50)
+    assert batch_to_char_ids([[], []]).shape == (2, 0, 50)
+    assert sentence_to_char_ids([]).shape == (0, 50)

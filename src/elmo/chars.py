@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -66,11 +67,34 @@ def token_to_char_ids(token: str, max_chars: int = 50) -> tuple[int, ...]:
     return tuple(ids)
 
 
+def _char_id_rows(tokens: Sequence[str], max_chars: int) -> np.ndarray:
+    """``[len(tokens), max_chars]`` int64: :func:`token_to_char_ids` of every token, built
+    for all tokens at once (their bytes joined, then placed by index arithmetic)."""
+    n = len(tokens)
+    # "ignore" only drops lone surrogates, which UTF-8 cannot encode.
+    encoded = [t.encode("utf-8", "ignore")[: max_chars - 2] for t in tokens]
+    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=n)
+    ids = np.full((n, max_chars), PAD_CHAR + 1, dtype=np.int64)
+    ids[:, 0] = BOW_CHAR + 1
+    data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    if data.size:
+        row = np.repeat(np.arange(n), lengths)
+        starts = np.cumsum(lengths) - lengths
+        col = np.arange(data.size) - np.repeat(starts, lengths) + 1
+        ids[row, col] = data.astype(np.int64) + 1
+    ids[np.arange(n), lengths + 1] = EOW_CHAR + 1
+    for i, token in enumerate(tokens):
+        if token in _MARKERS:
+            ids[i] = token_to_char_ids(token, max_chars)
+    return ids
+
+
+_MARKERS = frozenset((BOS_TOKEN, EOS_TOKEN))
+
+
 def sentence_to_char_ids(tokens: Sequence[str], max_chars: int = 50) -> torch.Tensor:
     """Character ids of one sentence, ``[len(tokens), max_chars]`` int64, no markers."""
-    if not tokens:
-        return torch.zeros((0, max_chars), dtype=torch.long)
-    return torch.tensor([token_to_char_ids(t, max_chars) for t in tokens], dtype=torch.long)
+    return torch.from_numpy(_char_id_rows(list(tokens), max_chars))
 
 
 def batch_to_char_ids(batch: Sequence[Sequence[str]], max_chars: int = 50) -> torch.Tensor:
@@ -78,9 +102,13 @@ def batch_to_char_ids(batch: Sequence[Sequence[str]], max_chars: int = 50) -> to
 
     T is the longest sentence; the sentence markers are not added (the model adds them).
     """
-    longest = max((len(s) for s in batch), default=0)
-    out = torch.zeros((len(batch), longest, max_chars), dtype=torch.long)
-    for row, tokens in enumerate(batch):
-        if tokens:
-            out[row, : len(tokens)] = sentence_to_char_ids(tokens, max_chars)
-    return out
+    lengths = [len(s) for s in batch]
+    longest = max(lengths, default=0)
+    out = np.zeros((len(batch), longest, max_chars), dtype=np.int64)
+    tokens = [t for s in batch for t in s]
+    if tokens:
+        counts = np.asarray(lengths, dtype=np.int64)
+        rows = np.repeat(np.arange(len(batch)), counts)
+        positions = np.arange(len(tokens)) - np.repeat(np.cumsum(counts) - counts, counts)
+        out[rows, positions] = _char_id_rows(tokens, max_chars)
+    return torch.from_numpy(out)
