@@ -122,6 +122,26 @@ def fixture_batches(path: Path) -> list[list[str]]:
     return [[sentences[k][i] for k in range(3)] for i in range(10)]
 
 
+# Words of the service's tests (accented ones on purpose).
+SERVE_WORDS = "the cat sat on a mat and then ran far away from naïve dogs , quickly . über".split()
+
+
+def short_sentences(rng: random.Random, n: int, longest: int = 12) -> list[list[str]]:
+    """``n`` sentences of 1 to ``longest`` of :data:`SERVE_WORDS` (never empty: the service
+    refuses empty sentences)."""
+    return [[rng.choice(SERVE_WORDS) for _ in range(rng.randint(1, longest))] for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tiny_plain_module() -> Iterator[ElmoModule]:
+    """The tiny model on the plain engine, with one intra-op thread while the test module
+    runs (the tiny model gains nothing from two, and waits for a busy machine's cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield elmo.load(tiny_model(), engine="plain")
+    torch.set_num_threads(threads)
+
+
 def random_sentences(seed: int, count: int, vocabulary: int = 60) -> list[list[str]]:
     """``count`` sentences of 0 to 12 tokens drawn from ``vocabulary`` random words (seeded):
     many repeats across sentences, some empty sentences, lengths that vary."""

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("fastapi", reason="elmo serve needs the serve extra (fastapi, uvicorn)")
 pytest.importorskip("uvicorn", reason="elmo serve needs the serve extra (fastapi, uvicorn)")
@@ -27,11 +26,11 @@ httpx = pytest.importorskip("httpx", reason="the serve tests need httpx")
 
 import elmo  # noqa: E402
 from conftest import ROOT, tiny_model  # noqa: E402
+from conftest import short_sentences as _sentences  # noqa: E402
 from elmo import cli  # noqa: E402
 from elmo.choices import LAYERS  # noqa: E402
 from elmo.serve.batcher import pool_mean  # noqa: E402
 
-WORDS = "the cat sat on a mat and then ran far away from naïve dogs , quickly . über".split()
 # A sentence's outputs do not depend on its batch up to float32 rounding (a matrix product
 # may round a row differently by its position in the batch: up to 1e-7 on the tiny model).
 ATOL = 1e-6
@@ -109,17 +108,9 @@ def server() -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[elmo.ElmoModule]:
-    """The served model, called directly (one torch thread: the tiny model gains nothing
-    from two, and waits for a busy machine's cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield elmo.load(tiny_model(), engine="plain")
-    torch.set_num_threads(threads)
-
-
-def _sentences(rng: random.Random, n: int, longest: int = 12) -> list[list[str]]:
-    return [[rng.choice(WORDS) for _ in range(rng.randint(1, longest))] for _ in range(n)]
+def model(tiny_plain_module: elmo.ElmoModule) -> elmo.ElmoModule:
+    """The served model, called directly."""
+    return tiny_plain_module
 
 
 def _expected(

@@ -5,31 +5,20 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import torch
 
 import elmo
+from conftest import short_sentences as _sentences
 from conftest import tiny_model
 from elmo.choices import LAYERS
 from elmo.serve.batcher import PADDED_PER_TOKEN, Batcher, BatcherStopped, QueueFull, pool_mean
 
-WORDS = "the cat sat on a mat and then ran far away from naïve dogs , quickly .".split()
-
 
 @pytest.fixture(scope="module")
-def module() -> Iterator[elmo.ElmoModule]:
-    # One thread: the tiny model gains nothing from two, and waits for a busy machine's cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield elmo.load(tiny_model(), engine="plain")
-    torch.set_num_threads(threads)
-
-
-def _sentences(rng: random.Random, n: int, longest: int = 12) -> list[list[str]]:
-    return [[rng.choice(WORDS) for _ in range(rng.randint(1, longest))] for _ in range(n)]
+def module(tiny_plain_module: elmo.ElmoModule) -> elmo.ElmoModule:
+    return tiny_plain_module
 
 
 # A sentence's outputs do not depend on its batch up to float32 rounding: a matrix product

@@ -26,9 +26,9 @@ pytest.importorskip("ray.serve", reason="elmo serve --ray needs Ray Serve (the r
 httpx = pytest.importorskip("httpx", reason="the serve tests need httpx")
 
 import elmo  # noqa: E402
-from conftest import ROOT, tiny_model  # noqa: E402
+from conftest import ROOT, SERVE_WORDS, tiny_model  # noqa: E402
 from elmo import cli  # noqa: E402
-from test_serve import WORDS, _free_port, _from_json, _same  # noqa: E402
+from test_serve import _free_port, _from_json, _same  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -96,7 +96,7 @@ def test_ray_serve_two_replicas_answer_as_the_model(tmp_path):
         model = elmo.load(tiny_model(), engine="plain")
         rng = random.Random(5)
         requests = [
-            [rng.sample(WORDS, rng.randint(1, 9)) for _ in range(rng.randint(1, 4))] for _ in range(16)
+            [rng.sample(SERVE_WORDS, rng.randint(1, 9)) for _ in range(rng.randint(1, 4))] for _ in range(16)
         ]
 
         def call(tokens: list[list[str]]) -> dict:
@@ -116,7 +116,7 @@ def test_ray_serve_two_replicas_answer_as_the_model(tmp_path):
 
         # A flood: each replica's queue of 2 refuses the excess with 429 (through Serve's
         # proxy), the accepted get their own answers, nothing fails.
-        flood = [[[f"flood{k}", *rng.sample(WORDS, 3)]] for k in range(80)]
+        flood = [[[f"flood{k}", *rng.sample(SERVE_WORDS, 3)]] for k in range(80)]
         with ThreadPoolExecutor(80) as pool:
             responses = list(
                 pool.map(lambda t: client.post("/v1/embed", json={"tokens": t, "layers": "elmo"}), flood)

@@ -67,6 +67,13 @@ def token_to_char_ids(token: str, max_chars: int = 50) -> tuple[int, ...]:
     return tuple(ids)
 
 
+def _places(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For items laid out group after group (``counts[g]`` items in group g): each item's
+    group and its place within the group."""
+    groups = np.repeat(np.arange(len(counts)), counts)
+    return groups, np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
 def _char_id_rows(tokens: Sequence[str], max_chars: int) -> np.ndarray:
     """``[len(tokens), max_chars]`` int64: :func:`token_to_char_ids` of every token, built
     for all tokens at once (their bytes joined, then placed by index arithmetic)."""
@@ -78,10 +85,8 @@ def _char_id_rows(tokens: Sequence[str], max_chars: int) -> np.ndarray:
     ids[:, 0] = BOW_CHAR + 1
     data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
     if data.size:
-        row = np.repeat(np.arange(n), lengths)
-        starts = np.cumsum(lengths) - lengths
-        col = np.arange(data.size) - np.repeat(starts, lengths) + 1
-        ids[row, col] = data.astype(np.int64) + 1
+        row, place = _places(lengths)
+        ids[row, place + 1] = data.astype(np.int64) + 1
     ids[np.arange(n), lengths + 1] = EOW_CHAR + 1
     for i, token in enumerate(tokens):
         if token in _MARKERS:
@@ -107,8 +112,6 @@ def batch_to_char_ids(batch: Sequence[Sequence[str]], max_chars: int = 50) -> to
     out = np.zeros((len(batch), longest, max_chars), dtype=np.int64)
     tokens = [t for s in batch for t in s]
     if tokens:
-        counts = np.asarray(lengths, dtype=np.int64)
-        rows = np.repeat(np.arange(len(batch)), counts)
-        positions = np.arange(len(tokens)) - np.repeat(np.cumsum(counts) - counts, counts)
+        rows, positions = _places(np.asarray(lengths, dtype=np.int64))
         out[rows, positions] = _char_id_rows(tokens, max_chars)
     return torch.from_numpy(out)

@@ -102,8 +102,10 @@ def plan_calls(
         pieces.extend((s, min(j, s + per_call), width) for s in range(i, j, per_call))
         i = j
     # Idle rows of a call depend on its first MIN_ROWS sentences only: the same for every
-    # call of MIN_ROWS sentences or more from one start.
-    idle_from = {start: _idle_rows(lengths, start, len(lengths)) for start, _, _ in pieces}
+    # call of MIN_ROWS sentences or more from one start (the packed engine's only).
+    idle_from = (
+        {start: _idle_rows(lengths, start, len(lengths)) for start, _, _ in pieces} if costs.packed else {}
+    )
 
     def cost(start: int, end: int, width: int) -> float:
         count = end - start
