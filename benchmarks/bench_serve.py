@@ -372,7 +372,7 @@ def main() -> None:
     p.add_argument("--sentences-per-request", type=int, default=8)
     p.add_argument("--seconds", type=float, default=15.0, help="most seconds per level")
     p.add_argument("--requests", type=int, default=2000, help="most requests per level")
-    p.add_argument("--max-batch-tokens", type=int, default=8192)
+    p.add_argument("--max-batch-tokens", type=int, default=16384)
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--saturation-seconds", type=float, default=15.0)
     p.add_argument("--saturation-queue", type=int, default=32)

@@ -16,7 +16,7 @@ import torch
 import elmo
 from conftest import random_model, random_sentences, reference_sentences, run_in_threads
 from elmo.chars import batch_to_char_ids
-from elmo.engine import FastBiLM, TokenCache, precision
+from elmo.engine import FastBiLM, TokenCache, precision, recurrent
 from elmo.engine.precision import Linear, PairLinear, count_flops, native_bfloat16
 from elmo.engine.recurrent import PackedBatch
 from elmo.model import MIN_ROWS, BiLMOutput, ElmoBiLM, LayerState
@@ -292,16 +292,58 @@ def test_embed_through_the_fast_engine(small_model_dir):
         assert all(abs(a - b).max(initial=0) <= TOL for a, b in zip(got, want))
 
 
-def test_packed_batch_layout():
-    packed = PackedBatch.build([3, 5, 2, 5], torch.device("cpu"))
-    assert packed.order == [1, 3, 0, 2] and packed.rank == [2, 0, 3, 1]
-    assert packed.counts == [4, 4, 3, 2, 2] and packed.offsets == [0, 4, 8, 11, 13]
-    assert packed.total == 15
-    # last step of sorted rows 0..3 (lengths 5, 5, 3, 2)
-    assert packed.last.tolist() == [13, 14, 10, 7]
-    fwd, bwd = packed.positions(6, torch.device("cpu"))
-    assert fwd[0].tolist() == [2, 6, 10, 15, 15, 15]  # original row 0 is sorted row 2
-    assert bwd[0].tolist() == [10, 6, 2, 15, 15, 15]
+def test_packed_batch_layout(monkeypatch):
+    """Lanes by hand, with MIN_ROWS = 2: the two longest rows open lanes; row 4 (1 step)
+    fits after row 2 in lane 1; the others get lanes of their own."""
+    monkeypatch.setattr(recurrent, "MIN_ROWS", 2)
+    packed = PackedBatch.build([6, 2, 5, 3, 1, 4], torch.device("cpu"))
+    assert packed.lanes == 5
+    assert packed.lane == [0, 4, 1, 3, 1, 2] and packed.start == [0, 0, 0, 0, 5, 0]
+    assert packed.counts == [5, 5, 4, 3, 2, 2] and packed.offsets == [0, 5, 10, 14, 17, 19]
+    assert packed.total == 21
+    assert packed.first.tolist() == [0, 2, 5, 3, 1] and packed.final.tolist() == [0, 4, 5, 3, 1]
+    assert list(packed.restarts) == [5]
+    restart = packed.restarts[5]
+    assert (restart.lanes.tolist(), restart.ended.tolist(), restart.begun.tolist()) == ([1], [2], [4])
+    assert packed.last.tolist() == [19, 9, 18, 13, 20, 16]
+    fwd, bwd = packed.positions(7, torch.device("cpu"))
+    assert fwd[2].tolist() == [1, 6, 11, 15, 18, 21, 21]
+    assert bwd[2].tolist() == [18, 15, 11, 6, 1, 21, 21]
+    assert fwd[4].tolist() == bwd[4].tolist() == [20] + [21] * 6
+    # Without lanes: the usual packing by decreasing length.
+    plain = PackedBatch.build([6, 2, 5, 3, 1, 4], torch.device("cpu"), lanes=False)
+    assert plain.lane == [0, 4, 1, 3, 5, 2] and plain.start == [0] * 6 and not plain.restarts
+    assert plain.counts == [6, 5, 4, 3, 2, 1]
+    with pytest.raises(ValueError, match="at least one step"):
+        PackedBatch.build([3, 0], torch.device("cpu"))
+
+
+def _lane_batch() -> list[list[str]]:
+    """Two long sentences and many short ones: the short ones share lanes."""
+    words = [w for s in reference_sentences() for w in s]
+    return [words[:90], *random_sentences(5, 40), words[100:160], ["solo"], []]
+
+
+def test_lanes_equal_plain_stateless_and_with_state(small_bilm):
+    """Sentences that begin mid-lane (zero or carried state) equal the plain model, and
+    each equals itself alone (its company and its lane do not matter)."""
+    batch = _lane_batch()
+    lengths = [len(s) + 2 for s in batch]
+    assert PackedBatch.build(lengths, torch.device("cpu")).restarts  # lanes are shared
+    fast = FastBiLM(small_bilm, cache_size=0)
+    ids = batch_to_char_ids(batch)
+    second = batch_to_char_ids([s[::-1] for s in batch])
+    with torch.no_grad():
+        want = small_bilm(ids)
+        want_second = small_bilm(second, want.state)
+    got = fast(ids)
+    _assert_close_outputs(got, want)
+    _assert_close_outputs(fast(second, got.state), want_second)
+    for target in (1, 5, 17, 41):
+        alone = fast(batch_to_char_ids([batch[target]]))
+        n = len(batch[target])
+        for a, b in zip(alone.layers, got.layers):
+            assert _diff(a[0, :n], b[target, :n]) <= 1e-6
 
 
 def _row_independence_cases():

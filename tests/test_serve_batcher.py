@@ -13,7 +13,8 @@ import elmo
 from conftest import short_sentences as _sentences
 from conftest import tiny_model
 from elmo.choices import LAYERS
-from elmo.serve.batcher import PADDED_PER_TOKEN, Batcher, BatcherStopped, QueueFull, pool_mean
+from elmo.serve.batcher import Batcher, BatcherStopped, QueueFull, pool_mean
+from elmo.serve.planning import CallCosts
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +75,14 @@ def test_the_token_budget_splits_model_calls(module, monkeypatch):
     still gets its own arrays, in order."""
     rng = random.Random(3)
     shapes = []
-    original = module.embed_tokens
+    original = module.embed_batch_layers
 
-    def recording(batch):
+    def recording(batch, choices):
         if threading.current_thread().name == "elmo-inference":
             shapes.append((len(batch), max(map(len, batch))))
-        return original(batch)
+        return original(batch, choices)
 
-    monkeypatch.setattr(module, "embed_tokens", recording)
+    monkeypatch.setattr(module, "embed_batch_layers", recording)
     batcher = Batcher(module, max_batch_tokens=20, max_wait_ms=0)
     requests = [_sentences(rng, 4, longest=5) for _ in range(8)]  # at most 20 tokens each
     futures = [batcher.submit(r, "all") for r in requests]
@@ -92,7 +93,34 @@ def test_the_token_budget_splits_model_calls(module, monkeypatch):
     finally:
         batcher.stop()
     assert len(shapes) == batcher.batch_sentences.count > 1
-    assert all(rows * width <= 20 * PADDED_PER_TOKEN for rows, width in shapes), shapes
+    bound = 20 * CallCosts.for_model(module.config, packed=False).padded_per_token
+    assert all(rows * width <= bound for rows, width in shapes), shapes
+
+
+def test_the_fast_engine_batches_a_long_sentence_with_short_ones(monkeypatch):
+    """On the fast engine (lanes, unpadded outputs) the long sentence shares its call with
+    short ones, and every request still gets what ``embed`` gives it alone."""
+    module = elmo.load(tiny_model(), engine="fast")
+    calls = []
+    original = module.embed_batch_layers
+
+    def recording(batch, choices):
+        if threading.current_thread().name == "elmo-inference":
+            calls.append(len(batch))
+        return original(batch, choices)
+
+    monkeypatch.setattr(module, "embed_batch_layers", recording)
+    rng = random.Random(11)
+    requests = [[["the"] * 120], *(_sentences(rng, 8, longest=6) for _ in range(12))]
+    batcher = Batcher(module, max_batch_tokens=10_000, max_wait_ms=0)
+    futures = [batcher.submit(r, "all") for r in requests]
+    batcher.start()
+    try:
+        for r, f in zip(requests, futures):
+            _assert_same(f.result(timeout=30), module.embed(r, "all"))
+    finally:
+        batcher.stop()
+    assert sum(calls) == 97 and calls[-1] > 1  # the long sentence's call (the last) is shared
 
 
 def test_calls_run_shortest_first_and_answer_requests_as_they_finish(module, monkeypatch):
@@ -100,15 +128,15 @@ def test_calls_run_shortest_first_and_answer_requests_as_they_finish(module, mon
     while the call with the long sentences still runs."""
     release = threading.Event()
     widths = []
-    original = module.embed_tokens
+    original = module.embed_batch_layers
 
-    def gated(batch):
+    def gated(batch, choices):
         widths.append(max(map(len, batch)))
         if len(widths) == 2:  # the second call waits until the test has looked
             assert release.wait(30)
-        return original(batch)
+        return original(batch, choices)
 
-    monkeypatch.setattr(module, "embed_tokens", gated)
+    monkeypatch.setattr(module, "embed_batch_layers", gated)
     batcher = Batcher(module, max_batch_tokens=10_000, max_wait_ms=0)
     short = [["a", "b"]] * 20
     long = [["the"] * 400]  # 20 x 400 padded positions cost more than a call: two calls
@@ -208,15 +236,15 @@ def test_stop_finishes_queued_requests_then_refuses(module):
 def test_a_failing_model_call_fails_only_its_requests(module, monkeypatch):
     batcher = Batcher(module, max_wait_ms=0)
     calls = []
-    original = module.embed_tokens
+    original = module.embed_batch_layers
 
-    def flaky(batch):
+    def flaky(batch, choices):
         calls.append(batch)
         if len(calls) == 1:
             raise RuntimeError("boom")
-        return original(batch)
+        return original(batch, choices)
 
-    monkeypatch.setattr(module, "embed_tokens", flaky)
+    monkeypatch.setattr(module, "embed_batch_layers", flaky)
     first = batcher.submit([["x"]])
     batcher.start()
     with pytest.raises(RuntimeError, match="boom"):

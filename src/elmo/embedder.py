@@ -11,7 +11,7 @@ many threads (the module's own calls are thread-safe, see :class:`elmo.ElmoModul
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,9 +20,17 @@ import torch
 from elmo.choices import LAYERS, Layers, check_choice
 from elmo.config import ElmoConfig
 from elmo.inputs import _as_str
-from elmo.model import widen_token_layer
+from elmo.model import RaggedOutput, widen_token_layer
 
-__all__ = ["LAYER_CHOICES", "WINDOW_BATCHES", "TokenEmbedder", "embed", "embed_iter", "split_outputs"]
+__all__ = [
+    "LAYER_CHOICES",
+    "WINDOW_BATCHES",
+    "TokenEmbedder",
+    "embed",
+    "embed_iter",
+    "split_outputs",
+    "split_ragged",
+]
 
 LAYER_CHOICES = LAYERS
 
@@ -36,7 +44,7 @@ class TokenEmbedder(Protocol):
     @property
     def stateful(self) -> bool: ...
 
-    def embed_tokens(self, batch: list[list[str]]) -> dict[str, torch.Tensor]: ...
+    def embed_batch(self, batch: list[list[str]], layers: Layers = "all") -> list[np.ndarray]: ...
 
 
 # Batches of sentences sorted together by length (a window); bounds the memory of the
@@ -85,10 +93,49 @@ def split_outputs(out: dict[str, torch.Tensor], layers: str, n_layers: int) -> l
     return [np.ascontiguousarray(data[i, :n]) for i, n in enumerate(lengths)]
 
 
+def split_ragged(out: RaggedOutput, layers: str, elmo: Callable[[], torch.Tensor]) -> list[np.ndarray]:
+    """Per-sentence arrays of one batch's unpadded layers (:class:`~elmo.model.RaggedOutput`),
+    as :func:`embed` returns them for ``layers``; ``elmo`` gives the mixed layer ``[N, D]``
+    when ``layers`` needs it. The same values as :func:`split_outputs` on padded outputs."""
+    lengths = out.lengths
+    if not lengths:
+        return []
+    counts = torch.tensor(lengths, dtype=torch.long)
+    if layers == "default":
+        mixed = elmo()
+        sentence = torch.repeat_interleave(torch.arange(len(lengths)), counts).to(mixed.device)
+        sums = mixed.new_zeros(len(lengths), mixed.shape[1]).index_add_(0, sentence, mixed)
+        data = (sums / counts.clamp(min=1).to(sums).unsqueeze(1)).detach().cpu().numpy()
+        return [data[i] for i in range(len(lengths))]
+    if layers == "all":
+        # One gather into sentence-major order, [L, n, D] per sentence: no copy per sentence.
+        full = out.full_width_layers()
+        n_out, rows, width = len(full), out.layers[0].shape[0], full[0].shape[1]
+        blocks = counts.repeat_interleave(n_out)  # (sentence, layer) blocks of n rows
+        firsts = (torch.cumsum(counts, 0) - counts).unsqueeze(1) + torch.arange(n_out).unsqueeze(0) * rows
+        within = torch.arange(int(blocks.sum())) - torch.repeat_interleave(
+            torch.cumsum(blocks, 0) - blocks, blocks
+        )
+        index = torch.repeat_interleave(firsts.reshape(-1), blocks) + within
+        stacked = torch.stack(full).view(n_out * rows, width)
+        data = stacked.index_select(0, index.to(stacked.device)).detach().cpu().numpy()
+        bounds = np.cumsum([n_out * n for n in lengths])[:-1]
+        return [part.reshape(n_out, n, width) for part, n in zip(np.split(data, bounds), lengths)]
+    if layers == "word_emb":
+        flat = out.layers[0]
+    elif layers == "elmo":
+        flat = elmo()
+    elif layers == "top":
+        flat = out.layers[-1]
+    else:  # average
+        full = out.full_width_layers()
+        flat = sum(full[1:], full[0]) / len(full)
+    return np.split(flat.detach().cpu().numpy(), np.cumsum(lengths)[:-1])
+
+
 def _batches_in_order(
-    module: TokenEmbedder, sentences: Iterator[list[str]], layers: str, batch_size: int
+    module: TokenEmbedder, sentences: Iterator[list[str]], layers: Layers, batch_size: int
 ) -> Iterator[np.ndarray]:
-    n_layers = module.config.lstm.n_layers
     sort = not module.stateful
     window_size = batch_size * WINDOW_BATCHES if sort else batch_size
     while True:
@@ -101,9 +148,7 @@ def _batches_in_order(
         results: list[np.ndarray | None] = [None] * len(window)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            with torch.no_grad():
-                out = module.embed_tokens([window[i] for i in rows])
-            for i, array in zip(rows, split_outputs(out, layers, n_layers)):
+            for i, array in zip(rows, module.embed_batch([window[i] for i in rows], layers)):
                 results[i] = array
         yield from results  # type: ignore[misc]
 

@@ -28,6 +28,7 @@ __all__ = [
     "ElmoBiLM",
     "LSTMLayer",
     "LayerState",
+    "RaggedOutput",
     "TokenEncoder",
     "clip",
     "gate_columns",
@@ -247,6 +248,24 @@ class BiLMOutput:
 
     layers: list[Tensor]
     mask: Tensor
+    state: list[LayerState]
+
+    def full_width_layers(self) -> list[Tensor]:
+        """All layers at the LSTM outputs' width ``2P``: layer 0 widened, then each LSTM layer."""
+        return [widen_token_layer(self.layers[0]), *self.layers[1:]]
+
+
+@dataclass
+class RaggedOutput:
+    """The biLM's layers for real tokens only: sentence after sentence, no padding.
+
+    ``layers[k]`` is ``[N, D_k]`` (N = ``sum(lengths)``), sentence b's tokens at rows
+    ``sum(lengths[:b])`` onwards: what :class:`BiLMOutput`'s ``layers[k][mask]`` holds.
+    ``state`` as in :class:`BiLMOutput`.
+    """
+
+    layers: list[Tensor]
+    lengths: list[int]
     state: list[LayerState]
 
     def full_width_layers(self) -> list[Tensor]:

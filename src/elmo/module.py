@@ -9,7 +9,7 @@ outputs ``word_emb``, ``lstm_outputs1``, ``lstm_outputs2``, ``elmo``, ``default`
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from elmo import embedder
-from elmo.chars import batch_to_char_ids
-from elmo.choices import FileLayers, Layers, Precision
+from elmo.chars import batch_to_char_ids, sentence_to_char_ids
+from elmo.choices import LAYERS, FileLayers, Layers, Precision, check_choice
 from elmo.config import ElmoConfig
 from elmo.engine import DEFAULT_CACHE_SIZE, FastBiLM
 from elmo.inputs import padded_width, split_sentences, tokens_to_lists
@@ -286,6 +286,37 @@ class ElmoModule(nn.Module):
         )
         return embed_file(self, job)
 
+    def embed_batch(self, batch: list[list[str]], layers: Layers = "all") -> list[np.ndarray]:
+        """One batch of tokenized sentences in one model call: an array each, in order, as
+        :meth:`embed` gives them (which cuts its input into such batches)."""
+        return self.embed_batch_layers(batch, [layers])[layers]
+
+    def embed_batch_layers(
+        self, batch: list[list[str]], choices: Iterable[Layers]
+    ) -> dict[str, list[np.ndarray]]:
+        """Like :meth:`embed_batch` for several ``layers`` choices from the same model call.
+
+        The fast engine computes real tokens only, never a padded tensor (see
+        :meth:`elmo.engine.FastBiLM.ragged`); the plain model runs padded.
+        """
+        wanted = list(dict.fromkeys(choices))
+        for layers in wanted:
+            check_choice("layers", layers, LAYERS)
+        lengths = [len(s) for s in batch]
+        tokens = sentence_to_char_ids(
+            [t for s in batch for t in s], self.config.char_cnn.max_characters_per_token
+        )
+        with torch.no_grad():
+            out = self._runner.ragged(tokens, lengths)
+            mixed: list[Tensor] = []
+
+            def elmo() -> Tensor:
+                if not mixed:
+                    mixed.append(self._mix(out.layers, out.full_width_layers))
+                return mixed[0]
+
+            return {layers: embedder.split_ragged(out, layers, elmo) for layers in wanted}
+
     def embed_tokens(self, batch: list[list[str]], width: int | None = None) -> dict[str, Tensor]:
         """The outputs for an already tokenized batch (a list of token lists); ``width``
         pads the time dimension to at least that many steps."""
@@ -307,13 +338,7 @@ class ElmoModule(nn.Module):
     def outputs(self, out: BiLMOutput) -> dict[str, Tensor]:
         """The hub module's output dictionary from the biLM's layers."""
         word_emb = out.layers[0]
-        mix = self.mix
-        if not mix.layer_norm and not (
-            torch.is_grad_enabled() and (mix.weights.requires_grad or mix.gamma.requires_grad)
-        ):
-            elmo = _mix_inference(mix, out.layers)
-        else:
-            elmo = mix(out.full_width_layers())
+        elmo = self._mix(out.layers, out.full_width_layers, out.mask)
         mask = out.mask
         counts = mask.sum(dim=1, keepdim=True).clamp(min=1).to(elmo.dtype)
         result = {"word_emb": word_emb}
@@ -323,3 +348,17 @@ class ElmoModule(nn.Module):
         result["default"] = elmo.sum(dim=1) / counts
         result["mask"] = mask
         return result
+
+    def _mix(
+        self, layers: list[Tensor], full_width: Callable[[], list[Tensor]], mask: Tensor | None = None
+    ) -> Tensor:
+        """The ``elmo`` output: the layers' mix, without autograd unless it must give
+        gradients to the mix's parameters. ``mask``: where the real tokens are (None: all)."""
+        mix = self.mix
+        if not mix.layer_norm and not (
+            torch.is_grad_enabled() and (mix.weights.requires_grad or mix.gamma.requires_grad)
+        ):
+            return _mix_inference(mix, layers)
+        if mix.layer_norm and mask is None:
+            mask = torch.ones(layers[0].shape[:-1], dtype=torch.bool, device=layers[0].device)
+        return mix(full_width(), mask)

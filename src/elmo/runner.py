@@ -26,16 +26,20 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
 from elmo.choices import ENGINES, PRECISIONS, Engine, Precision, check_choice
 from elmo.engine import DEFAULT_CACHE_SIZE, FastBiLM
-from elmo.model import BiLMOutput, ElmoBiLM, LayerState
+from elmo.model import BiLMOutput, ElmoBiLM, LayerState, RaggedOutput
 
 __all__ = ["BiLMRunner", "CarriedState", "EngineOptions"]
+
+_Output = TypeVar("_Output", BiLMOutput, RaggedOutput)
 
 
 @dataclass(frozen=True)
@@ -221,11 +225,25 @@ class BiLMRunner:
     def __call__(self, char_ids: Tensor, *, keep_boundaries: bool = False) -> BiLMOutput:
         """The biLM's layers for character ids ``[B, T, C]`` (+1 shifted, 0 for padding)."""
         char_ids = char_ids.to(self.bilm.token_encoder.proj_b.device)
+        return self._with_state(
+            char_ids.shape[0], lambda initial: self._run(char_ids, initial, keep_boundaries)
+        )
+
+    def ragged(self, tokens: Tensor, lengths: list[int]) -> RaggedOutput:
+        """The biLM's layers for real tokens only (:class:`~elmo.model.RaggedOutput`):
+        ``tokens`` [N, C] holds the character ids of every sentence's tokens, sentence
+        after sentence, ``lengths`` how many each has. The fast engine never builds a
+        padded tensor for it; the plain model runs padded and its padding is dropped
+        (the same values as :meth:`__call__`)."""
+        tokens = tokens.to(self.bilm.token_encoder.proj_b.device)
+        return self._with_state(len(lengths), lambda initial: self._run_ragged(tokens, lengths, initial))
+
+    def _with_state(self, rows: int, run: Callable[[list[LayerState] | None], _Output]) -> _Output:
         if not self.stateful:
-            return self._run(char_ids, None, keep_boundaries)
+            return run(None)
         # Take the state, run, store the new state: one step, one call at a time.
         with self.state.lock:
-            out = self._run(char_ids, self.state.take(self.bilm, char_ids.shape[0]), keep_boundaries)
+            out = run(self.state.take(self.bilm, rows))
             self.state.update(out.state)
         return out
 
@@ -234,3 +252,19 @@ class BiLMRunner:
             return self.fast(char_ids, initial, keep_boundaries=keep_boundaries)
         with torch.set_grad_enabled(self.needs_gradients()):
             return self.bilm(char_ids, initial, keep_boundaries=keep_boundaries)
+
+    def _run_ragged(
+        self, tokens: Tensor, lengths: list[int], initial: list[LayerState] | None
+    ) -> RaggedOutput:
+        if self.fast is not None and self.uses_fast_engine():
+            return self.fast.ragged(tokens, lengths, initial)
+        steps = max(lengths, default=0)
+        mask = torch.arange(steps, device=tokens.device) < torch.tensor(
+            lengths, device=tokens.device
+        ).unsqueeze(1)
+        char_ids = tokens.new_zeros(len(lengths), steps, tokens.shape[1])
+        char_ids[mask] = tokens
+        out = self._run(char_ids, initial, keep_boundaries=False)
+        return RaggedOutput(
+            layers=[layer[out.mask] for layer in out.layers], lengths=list(lengths), state=out.state
+        )

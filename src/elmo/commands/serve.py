@@ -59,9 +59,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     b.add_argument(
         "--max-batch-tokens",
         type=int,
-        default=8192,
-        help="most tokens merged into one batch; a model call holds at most 4 times as many "
-        "padded positions (default: 8192)",
+        default=16384,
+        help="most tokens merged into one batch, and queued tokens at which a batch starts "
+        "without waiting (default: 16384)",
     )
     b.add_argument(
         "--max-wait-ms",

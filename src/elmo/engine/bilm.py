@@ -12,9 +12,11 @@ Where the time goes, and what is done about it:
 - Token encoder (char CNN, highway, projection): each distinct token of a batch is
   encoded once, and a bounded LRU cache (:class:`~elmo.engine.cache.TokenCache`) keeps
   the results across batches; the convolutions are unfolded into matrix products.
-- LSTMs: sequences are packed (no step is spent on padding or on finished sentences);
-  each step's gates, input part and recurrent part together, are one product per
-  direction over a contiguous range of rows, with the bias fused in.
+- LSTMs: sequences are packed (no step is spent on padding or on finished sentences),
+  short sentences back to back in lanes beside the long ones (see
+  :mod:`elmo.engine.recurrent`); each step's gates, input part and recurrent part
+  together, are one product per direction over a contiguous range of rows, with the
+  bias fused in.
 - Products: on CPUs, oneDNN inner products on weights reordered once (see
   :mod:`elmo.engine.precision`).
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
@@ -42,7 +45,7 @@ from elmo.engine.cache import TokenCache
 from elmo.engine.encoder import FastTokenEncoder
 from elmo.engine.precision import PRECISIONS, activation_dtype, native_bfloat16
 from elmo.engine.recurrent import LayerWeights, PackedBatch, run_layer
-from elmo.model import BiLMOutput, ElmoBiLM, LayerState, LSTMLayer, has_skip_connection
+from elmo.model import BiLMOutput, ElmoBiLM, LayerState, LSTMLayer, RaggedOutput, has_skip_connection
 
 __all__ = ["DEFAULT_CACHE_SIZE", "FastBiLM"]
 
@@ -195,10 +198,94 @@ class FastBiLM:
             state=self.plain.zero_state(0),
         )
 
-    def _forward(self, char_ids: Tensor, state: list[LayerState] | None, keep_boundaries: bool) -> BiLMOutput:
+    def ragged(
+        self, tokens: Tensor, lengths: list[int], state: list[LayerState] | None = None
+    ) -> RaggedOutput:
+        """The layers of sentences given as their tokens' character ids one after another
+        (``tokens`` [N, C], sentence b's ``lengths[b]`` tokens in order): each layer
+        ``[N, D]`` with the tokens in the same order, no padding anywhere (the sentence
+        markers' positions left out). The same values as :meth:`__call__` gives at the
+        real positions, without building, filling or reading any padded tensor."""
+        with torch.inference_mode(False), torch.no_grad():
+            if tokens.shape[0] != sum(lengths) or any(n < 0 for n in lengths):
+                raise ValueError(
+                    f"tokens: expected {sum(lengths)} rows (the sum of lengths), found {tokens.shape[0]}"
+                )
+            device = self.plain.token_encoder.proj_b.device
+            tokens = tokens.to(device)
+            if (tokens == 0).all(dim=1).any():
+                raise ValueError(
+                    "tokens: a token's character ids are all zero (padding), expected a real token"
+                )
+            proj = self.config.lstm.projection_dim
+            if not lengths:
+                layers = [torch.zeros(0, proj, device=device)]
+                layers += [torch.zeros(0, 2 * proj, device=device) for _ in self.plain.forward_layers]
+                return RaggedOutput(layers=layers, lengths=[], state=self.plain.zero_state(0))
+            run = self._run(tokens, lengths, state, device)
+            real = run.index[:, 1:-1][run.mask]  # table row of each token, sentence after sentence
+            layers = [run.table.index_select(0, real).float()]
+            fwd_pos, bwd_pos = run.positions
+            f_idx = fwd_pos[:, 1:-1][run.mask]
+            b_idx = bwd_pos[:, 1:-1][run.mask] + (run.packed.total + 1)
+            both_idx = torch.stack([f_idx, b_idx], dim=-1).reshape(-1)
+            for out in run.outputs:
+                both = out.reshape(2 * (run.packed.total + 1), proj).index_select(0, both_idx).float()
+                layers.append(both.view(-1, 2 * proj))
+            return RaggedOutput(layers=layers, lengths=list(lengths), state=run.final)
+
+    def _run(
+        self, tokens: Tensor, lengths: list[int], state: list[LayerState] | None, device: torch.device
+    ) -> _Run:
+        """The biLSTM over sentences given as their tokens' character ids one after another
+        (``tokens`` [N, C]) and their ``lengths`` (at least one sentence)."""
         weights = self._sync()
         plain = self.plain
-        device = plain.token_encoder.proj_b.device
+        batch, steps = len(lengths), max(lengths)
+        proj = self.config.lstm.projection_dim
+        lengths_t = torch.tensor(lengths, dtype=torch.long, device=device)
+        mask = torch.arange(steps, device=device) < lengths_t.unsqueeze(1)
+        markers = plain._marker_ids.to(device)
+
+        # Distinct tokens (sentence markers included) and their representations.
+        table, inverse = self._tokens(weights, torch.cat([tokens, markers]))
+        n_tok = tokens.shape[0]
+        bos, eos = inverse[n_tok], inverse[n_tok + 1]
+        zero_row = table.shape[0]
+        table = torch.cat([table, table.new_zeros(1, proj)])  # index zero_row: padding
+
+        # Table index of every position of <S> w_1 .. w_n </S>, per original row.
+        width = steps + 2
+        index = torch.full((batch, width), zero_row, dtype=torch.long, device=device)
+        index[:, 1 : steps + 1][mask] = inverse[:n_tok]
+        index[:, 0] = bos
+        index.scatter_(1, (lengths_t + 1).unsqueeze(1), eos.expand(batch, 1).contiguous())
+
+        packed = PackedBatch.build([n + 2 for n in lengths], device)
+        positions = packed.positions(width, device)
+        fwd_tokens, bwd_tokens = packed.gather_order(index, positions)
+        # The first layer's packed input: each packed row's token representation.
+        layer_input = torch.stack([table.index_select(0, fwd_tokens), table.index_select(0, bwd_tokens)])
+
+        lstm = self.config.lstm
+        outputs: list[Tensor] = []
+        final: list[LayerState] = []
+        for k, layer in enumerate(weights.layers):
+            h0 = c0 = None
+            if state is not None:
+                s = state[k]
+                h0 = torch.stack([s.forward_h, s.backward_h]).to(device)
+                c0 = torch.stack([s.forward_c, s.backward_c]).to(device)
+            out, h_last, c_last = run_layer(layer, packed, layer_input, h0, c0, self.dtype)
+            if has_skip_connection(lstm, k):
+                out[:, : packed.total] += layer_input
+            final.append(LayerState(h_last[0], c_last[0], h_last[1], c_last[1]))
+            outputs.append(out)
+            layer_input = out[:, : packed.total]
+        return _Run(table, zero_row, index, mask, packed, positions, outputs, final)
+
+    def _forward(self, char_ids: Tensor, state: list[LayerState] | None, keep_boundaries: bool) -> BiLMOutput:
+        device = self.plain.token_encoder.proj_b.device
         char_ids = char_ids.to(device)
         batch, steps, _ = char_ids.shape
         mask = (char_ids > 0).any(dim=2)
@@ -207,71 +294,55 @@ class FastBiLM:
             raise ValueError(
                 "character ids: padding tokens (all zero) must come after the real tokens of a row"
             )
-        lengths = lengths_t.tolist()
         proj = self.config.lstm.projection_dim
         if batch == 0:
             return self._empty(device, steps, keep_boundaries)
-        markers = plain._marker_ids.to(device)
-
-        # Distinct tokens (sentence markers included) and their representations.
-        tokens = torch.cat([char_ids[mask], markers])
-        table, inverse = self._tokens(weights, tokens)
-        n_tok = tokens.shape[0] - 2
-        bos, eos = inverse[n_tok], inverse[n_tok + 1]
-        zero_row = table.shape[0]
-        table = torch.cat([table, table.new_zeros(1, proj)])  # index zero_row: padding
-
-        # Table index of every position of <S> w_1 .. w_n </S>, per original row.
-        width = steps + 2
-        lengths2 = lengths_t + 2
-        pos = torch.arange(width, device=device).unsqueeze(0)
-        index = torch.full((batch, width), zero_row, dtype=torch.long, device=device)
-        index[:, 1 : steps + 1][mask] = inverse[:n_tok]
-        index[:, 0] = bos
-        index.scatter_(1, (lengths_t + 1).unsqueeze(1), eos.expand(batch, 1).contiguous())
-        mask2 = pos < lengths2.unsqueeze(1)
-
-        packed = PackedBatch.build([n + 2 for n in lengths], device)
-        fwd_tokens, bwd_tokens = packed.gather_order(index)
-        # The first layer's packed input: each packed row's token representation.
-        layer_input = torch.stack([table.index_select(0, fwd_tokens), table.index_select(0, bwd_tokens)])
-
-        rank = torch.tensor(packed.rank, dtype=torch.long, device=device)
-        order = torch.tensor(packed.order, dtype=torch.long, device=device)
-        lstm = self.config.lstm
-        fwd_pos, bwd_pos = packed.positions(width, device)
-        outputs: list[Tensor] = []
-        final: list[LayerState] = []
-        for k, layer in enumerate(weights.layers):
-            h0 = c0 = None
-            if state is not None:
-                s = state[k]
-                h0 = torch.stack([s.forward_h, s.backward_h]).to(device).index_select(1, order)
-                c0 = torch.stack([s.forward_c, s.backward_c]).to(device).index_select(1, order)
-            out, h_last, c_last = run_layer(layer, packed, layer_input, h0, c0, self.dtype)
-            if has_skip_connection(lstm, k):
-                out[:, : packed.total] += layer_input
-            h_last, c_last = h_last.index_select(1, rank), c_last.index_select(1, rank)
-            final.append(LayerState(h_last[0], c_last[0], h_last[1], c_last[1]))
-            outputs.append(out)
-            layer_input = out[:, : packed.total]
+        run = self._run(char_ids[mask], lengths_t.tolist(), state, device)
+        packed, (fwd_pos, bwd_pos) = run.packed, run.positions
+        inner = run.index.shape[1] - 2  # the longest row: at most `steps`
 
         # Unpack: original row order, positions in reading order, padding exactly zero.
+        # Rows are as wide as the given char ids (their padding columns included).
+        width = steps + 2
+        pos = torch.arange(width, device=device).unsqueeze(0)
+        index = torch.full((batch, width), run.zero_row, dtype=torch.long, device=device)
+        index[:, : inner + 2] = run.index
+        fwd_full = torch.full((batch, width), packed.total, dtype=torch.long, device=device)
+        bwd_full = fwd_full.clone()
+        fwd_full[:, : inner + 2] = fwd_pos
+        bwd_full[:, : inner + 2] = bwd_pos
         if keep_boundaries:
-            keep = mask2
+            keep = pos < (lengths_t + 2).unsqueeze(1)
             first, last = 0, width
         else:
             keep = mask
             first, last = 1, steps + 1
-        word_index = torch.where(keep, index[:, first:last], zero_row)
-        layers = [table.index_select(0, word_index.reshape(-1)).view(batch, last - first, proj).float()]
+        word_index = torch.where(keep, index[:, first:last], run.zero_row)
+        layers = [run.table.index_select(0, word_index.reshape(-1)).view(batch, last - first, proj).float()]
         # Each position's forward and backward rows side by side, gathered at once from both
         # directions' packed outputs seen as one [2 (total + 1), P] table (the row `total`
         # of each direction is zero): no half-width copies into the result.
-        f_idx = torch.where(keep, fwd_pos[:, first:last], packed.total)
-        b_idx = torch.where(keep, bwd_pos[:, first:last], packed.total) + (packed.total + 1)
+        f_idx = torch.where(keep, fwd_full[:, first:last], packed.total)
+        b_idx = torch.where(keep, bwd_full[:, first:last], packed.total) + (packed.total + 1)
         both_idx = torch.stack([f_idx, b_idx], dim=-1).reshape(-1)
-        for out in outputs:
+        for out in run.outputs:
             both = out.reshape(2 * (packed.total + 1), proj).index_select(0, both_idx).float()
             layers.append(both.view(batch, last - first, 2 * proj))
-        return BiLMOutput(layers=layers, mask=keep, state=final)
+        return BiLMOutput(layers=layers, mask=keep, state=run.final)
+
+
+@dataclass
+class _Run:
+    """What :meth:`FastBiLM._run` leaves for unpacking: the token table (row ``zero_row``
+    is zero), each row's table index per position ``[B, longest + 2]`` (markers included),
+    the real tokens' ``mask`` [B, longest], the packing and its positions, each layer's
+    packed outputs, and the final states."""
+
+    table: Tensor
+    zero_row: int
+    index: Tensor
+    mask: Tensor
+    packed: PackedBatch
+    positions: tuple[Tensor, Tensor]
+    outputs: list[Tensor]
+    final: list[LayerState]

@@ -1,13 +1,30 @@
 """The biLSTM layers over packed sequences: no work on padding or finished rows.
 
-Packing. Rows are sorted by length (markers included), longest first. Time step ``t``
-then concerns the first ``n_t`` rows only, and the packed sequence stores step ``t``'s
-rows contiguously at ``offsets[t] : offsets[t] + n_t`` (time major, like PyTorch's
-``PackedSequence``): ``sum(lengths)`` rows, no padding. The backward direction reads
-each row reversed; reversed rows have the same lengths, so both directions share one
-packing and are stacked: direction 0 forward, 1 backward (``[2, rows, features]``).
-A layer's packed output is directly the next layer's packed input, in both directions:
-no reordering between layers.
+Lanes. Every product of a time step has at least ``MIN_ROWS`` rows (see
+:mod:`elmo.model`), so a step with fewer active sentences pays for rows that do nothing:
+with all sentences starting at step 0, the longest sentences' last steps run nearly
+empty. Sentences are therefore laid out in lanes: a lane is one row of every step,
+holding one sentence after another back to back. The longest sentences open the first
+``MIN_ROWS`` lanes; each shorter sentence then goes, best fit, into one of those lanes
+where it ends by the longest sentence's end, else into a lane of its own. A batch still
+takes as many steps as its longest sentence, and its steps carry ``MIN_ROWS`` busy rows
+for as long as the batch has the tokens to fill them (``benchmarks/RESULTS.md``). Lanes
+are ordered by how long they stay busy, longest first, so step ``t`` concerns the first
+``n_t`` lanes only, and the packed sequence stores step ``t``'s rows contiguously at
+``offsets[t] : offsets[t] + n_t`` (time major, like PyTorch's ``PackedSequence``):
+``sum(lengths)`` rows, no padding. Where a sentence begins in the middle of a lane, its
+lane's state is set to the sentence's initial state (zero, or the carried one) before
+that step. With every sentence in a lane of its own (``lanes=False``) this is the usual
+packing by decreasing length.
+
+Each sentence goes through the same products and operations wherever it lies, and a
+product's rows do not depend on each other (see :mod:`elmo.engine.precision`): its
+results do not depend on its lane or its company.
+
+The backward direction reads each sentence reversed over the same steps of the same lane:
+both directions share one packing and are stacked, direction 0 forward, 1 backward
+(``[2, rows, features]``). A layer's packed output is directly the next layer's packed
+input, in both directions: no reordering between layers.
 
 One product per step (and direction) for the gates. The packed layer input and, beside it,
 each row's previous output ``h`` are kept in one matrix ``[x | h]`` (``[rows, in + P]``):
@@ -32,80 +49,147 @@ from torch import Tensor
 from elmo.engine.precision import Linear, PairLinear, backend_for
 from elmo.model import FORGET_BIAS, MIN_ROWS, LSTMLayer, gate_columns
 
-__all__ = ["LayerWeights", "PackedBatch", "run_layer"]
+__all__ = ["LayerWeights", "PackedBatch", "assign_lanes", "run_layer"]
+
+
+def assign_lanes(lengths: list[int], lanes: bool = True) -> list[list[int]]:
+    """The rows of each lane, in the order they run, lanes busiest first (see the module
+    docstring). ``lengths`` must be positive. Deterministic: equal lengths keep their order."""
+    order = sorted(range(len(lengths)), key=lambda b: -lengths[b])
+    if not order:
+        return []
+    span = lengths[order[0]]
+    members: list[list[int]] = []
+    loads: list[int] = []
+    for b in order:
+        length = lengths[b]
+        best = -1
+        if lanes and len(members) >= MIN_ROWS:
+            # Best fit among the first MIN_ROWS lanes: the fullest one it still fits in.
+            for k in range(MIN_ROWS):
+                if loads[k] + length <= span and (best < 0 or loads[k] > loads[best]):
+                    best = k
+        if best < 0:
+            members.append([b])
+            loads.append(length)
+        else:
+            members[best].append(b)
+            loads[best] += length
+    by_load = sorted(range(len(members)), key=lambda k: -loads[k])
+    return [members[k] for k in by_load]
+
+
+@dataclass
+class Restarts:
+    """Where sentences begin in the middle of lanes at one step: ``lanes`` [k] (device),
+    the rows ending there just before (``ended``) and the rows beginning (``begun``)."""
+
+    lanes: Tensor
+    ended: Tensor
+    begun: Tensor
 
 
 @dataclass
 class PackedBatch:
     """How a batch of rows with lengths ``lengths`` is packed (see the module docstring).
 
-    ``order[r]`` is the original row of sorted row ``r``; ``rank[b]`` the sorted position
-    of original row ``b``. ``counts[t]`` = n_t and ``offsets[t]`` are host integers.
-    ``last`` [B] (device, sorted order) is the packed index of each row's last step.
+    Row ``b`` (original order) runs in lane ``lane[b]`` from step ``start[b]`` for
+    ``lengths[b]`` steps. ``counts[t]`` = n_t (busy lanes) and ``offsets[t]`` are host
+    integers. ``first`` [lanes] (device) is each lane's first row, ``final`` [lanes] its
+    last; ``restarts`` maps each step ``t > 0`` where rows begin mid-lane to them.
+    ``last`` [B] (device, original order) is the packed index of each row's last step.
     """
 
     lengths: list[int]
-    order: list[int]
-    rank: list[int]
+    lane: list[int]
+    start: list[int]
     counts: list[int]
     offsets: list[int]
     total: int
+    lanes: int
+    first: Tensor
+    final: Tensor
+    restarts: dict[int, Restarts]
     last: Tensor
 
     @classmethod
-    def build(cls, lengths: list[int], device: torch.device) -> PackedBatch:
-        order = sorted(range(len(lengths)), key=lambda b: -lengths[b])
-        rank = [0] * len(lengths)
-        for r, b in enumerate(order):
-            rank[b] = r
-        sorted_lengths = [lengths[b] for b in order]
-        steps = sorted_lengths[0] if sorted_lengths else 0
+    def build(cls, lengths: list[int], device: torch.device, lanes: bool = True) -> PackedBatch:
+        if any(n <= 0 for n in lengths):
+            raise ValueError("packed rows need at least one step each")
+        members = assign_lanes(lengths, lanes)
+        lane, start = [0] * len(lengths), [0] * len(lengths)
+        begins: dict[int, list[tuple[int, int, int]]] = {}
+        busy = []
+        for k, rows in enumerate(members):
+            step = 0
+            for i, b in enumerate(rows):
+                lane[b], start[b] = k, step
+                if i > 0:
+                    begins.setdefault(step, []).append((k, rows[i - 1], b))
+                step += lengths[b]
+            busy.append(step)
+        steps = busy[0] if busy else 0
         counts, offsets = [], []
-        n, total = len(sorted_lengths), 0
+        n, total = len(busy), 0
         for t in range(steps):
-            while n > 0 and sorted_lengths[n - 1] <= t:
+            while n > 0 and busy[n - 1] <= t:
                 n -= 1
             counts.append(n)
             offsets.append(total)
             total += n
-        last = torch.tensor(
-            [offsets[length - 1] + r for r, length in enumerate(sorted_lengths)], dtype=torch.long
-        ).to(device)
-        return cls(lengths, order, rank, counts, offsets, total, last)
+
+        def long(values: list[int]) -> Tensor:
+            return torch.tensor(values, dtype=torch.long).to(device)
+
+        restarts = {
+            t: Restarts(long([k for k, _, _ in ev]), long([e for _, e, _ in ev]), long([b for _, _, b in ev]))
+            for t, ev in sorted(begins.items())
+        }
+        last = long([offsets[start[b] + lengths[b] - 1] + lane[b] for b in range(len(lengths))])
+        return cls(
+            lengths,
+            lane,
+            start,
+            counts,
+            offsets,
+            total,
+            len(members),
+            long([rows[0] for rows in members]),
+            long([rows[-1] for rows in members]),
+            restarts,
+            last,
+        )
 
     def positions(self, width: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """Packed indices ``[B, width]`` of each (original row, position) in both directions.
 
-        Forward: position p is step p. Backward: position p is step ``length - 1 - p``.
-        Positions past a row's end get ``total`` (callers append a zero row there).
+        Forward: position p is the row's step p. Backward: position p is its step
+        ``length - 1 - p``. Positions past a row's end get ``total`` (callers append a
+        zero row there).
         """
         batch, steps = len(self.lengths), len(self.counts)
         offsets = torch.tensor([*self.offsets, self.total], dtype=torch.long)
         lengths = torch.tensor(self.lengths, dtype=torch.long).unsqueeze(1)
-        rank = torch.tensor(self.rank, dtype=torch.long).unsqueeze(1)
+        start = torch.tensor(self.start, dtype=torch.long).unsqueeze(1)
+        lane = torch.tensor(self.lane, dtype=torch.long).unsqueeze(1)
         p = torch.arange(width, dtype=torch.long).unsqueeze(0).expand(batch, width)
         valid = p < lengths
-        fwd = torch.where(valid, offsets[p.clamp(max=steps)] + rank, self.total)
-        back_step = (lengths - 1 - p).clamp(min=0)
-        bwd = torch.where(valid, offsets[back_step] + rank, self.total)
+        fwd = torch.where(valid, offsets[(start + p).clamp(max=steps)] + lane, self.total)
+        back_step = start + (lengths - 1 - p).clamp(min=0)
+        bwd = torch.where(valid, offsets[back_step] + lane, self.total)
         return fwd.to(device), bwd.to(device)
 
-    def gather_order(self, index: Tensor) -> tuple[Tensor, Tensor]:
-        """Packed ``[2, total]`` values of a per-position table ``index`` [B, S] (original rows).
-
-        Row 0 is the forward reading (step t reads position t), row 1 the backward one
-        (step t reads position ``length - 1 - t``).
+    def gather_order(self, index: Tensor, positions: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """Packed ``[total]`` values of a per-position table ``index`` [B, width] (original
+        rows), for the forward and the backward reading, given :meth:`positions` of the
+        same width: step t of a row reads its position t forward, ``length - 1 - t`` backward.
         """
-        device = index.device
-        steps = len(self.counts)
-        order = torch.tensor(self.order, dtype=torch.long, device=device)
-        lengths = torch.tensor([self.lengths[b] for b in self.order], dtype=torch.long, device=device)
-        srt = index[:, :steps].index_select(0, order)  # [B, S] sorted rows
-        t = torch.arange(steps, device=device).unsqueeze(0)
-        valid = t < lengths.unsqueeze(1)
-        rev = srt.gather(1, torch.where(valid, lengths.unsqueeze(1) - 1 - t, t))
-        # Time-major selection of valid entries: step t's rows are a prefix, in sorted order.
-        return srt.t()[valid.t()], rev.t()[valid.t()]
+        out = []
+        for where in positions:
+            packed = index.new_empty(self.total + 1)
+            packed.scatter_(0, where.reshape(-1), index.reshape(-1))  # padding lands on `total`
+            out.append(packed[: self.total])
+        return out[0], out[1]
 
 
 # Devices on which the step takes tanh through the sigmoid: PyTorch's CPU tanh runs
@@ -213,34 +297,36 @@ def run_layer(
     """Run one biLSTM layer over a packed batch.
 
     ``inputs``: the packed layer input ``[2, total, in]`` (any float dtype). ``h0``
-    [2, B, P] and ``c0`` [2, B, H] are the initial states in sorted row order (None:
-    zero). Returns the packed outputs ``[2, total + 1, P]`` in ``dtype`` (row ``total`` is
-    zero: gathers of padding positions read it) and the final ``h`` [2, B, P] and ``c``
-    [2, B, H] of every row (float32, sorted order).
+    [2, B, P] and ``c0`` [2, B, H] are the initial states of the rows (original order;
+    None: zero). Returns the packed outputs ``[2, total + 1, P]`` in ``dtype`` (row
+    ``total`` is zero: gathers of padding positions read it) and the final ``h`` [2, B, P]
+    and ``c`` [2, B, H] of every row (float32, original order).
 
     Every buffer it writes (``[x | h]``, the cell state, the outputs) is made here, per
     call: concurrent calls on the same weights do not interfere.
     """
-    rows = len(batch.order)
+    lanes, rows = batch.lanes, len(batch.lengths)
     cells, width, in_dim = weights.cells, weights.width, weights.input_dim
     total = batch.total
     device = inputs.device
     align = ROW_ALIGN.get(dtype, 1)
     # [x | h] per packed row, plus zero rows past the end: a product over the last steps'
     # padded row range reads them (finite values, results unused).
-    xh = torch.zeros(2, total + _columns(rows, align), in_dim + width, dtype=dtype, device=device)
+    xh = torch.zeros(2, total + _columns(lanes, align), in_dim + width, dtype=dtype, device=device)
     xh[:, :total, :in_dim] = inputs
     if h0 is not None and batch.counts:
-        xh[:, : batch.counts[0], in_dim:] = h0.to(dtype)
+        xh[:, :lanes, in_dim:] = h0.index_select(1, batch.first).to(dtype)
     out = torch.zeros(2, total + 1, width, dtype=dtype, device=device)
-    # The cell state stays float32 in every precision: it accumulates over the whole
-    # sentence. Rows past the active prefix are not touched, so they keep their final values.
-    c = torch.zeros(2, rows, cells, device=device)
+    # The cell state of each lane stays float32 in every precision: it accumulates over
+    # the whole sentence. Lanes past the active prefix are not touched, so they keep their
+    # final values; a row that ends mid-lane leaves its final value in final_c.
+    c = torch.zeros(2, lanes, cells, device=device)
     if c0 is not None:
-        c.copy_(c0)
+        c.copy_(c0.index_select(1, batch.first))
+    final_c = torch.zeros(2, rows, cells, device=device)
     # o * tanh(c), the projection's input; rows past the active ones stay finite.
-    m = torch.zeros(2, _columns(rows, align), cells, dtype=dtype, device=device)
-    tanh_buf = torch.empty(2, rows, cells, device=device)  # float32 scratch for tanh(c)
+    m = torch.zeros(2, _columns(lanes, align), cells, dtype=dtype, device=device)
+    tanh_buf = torch.empty(2, lanes, cells, device=device)  # float32 scratch for tanh(c)
     cell_clip, proj_clip = weights.cell_clip, weights.proj_clip
     steps = len(batch.counts)
     for t in range(steps):
@@ -280,5 +366,20 @@ def run_layer(
             out[ds, lo : lo + n] = h
             if nxt:
                 xh[ds, lo + n : lo + n + nxt, in_dim:] = h[:, :nxt]
+        restart = batch.restarts.get(t + 1)
+        if restart is not None:
+            # Rows begin mid-lane at the next step: keep the ended rows' cells, then give
+            # the lanes the new rows' initial state.
+            final_c.index_copy_(1, restart.ended, c.index_select(1, restart.lanes))
+            next_rows = restart.lanes + (lo + n)
+            if c0 is None:
+                c.index_fill_(1, restart.lanes, 0.0)
+            else:
+                c.index_copy_(1, restart.lanes, c0.index_select(1, restart.begun))
+            if h0 is None:
+                xh[:, next_rows, in_dim:] = 0.0
+            else:
+                xh[:, next_rows, in_dim:] = h0.index_select(1, restart.begun).to(dtype)
+    final_c.index_copy_(1, batch.final, c)
     final_h = out.index_select(1, batch.last).float()
-    return out, final_h, c
+    return out, final_h, final_c

@@ -65,7 +65,7 @@ ENVIRONMENT = "ELMO_SERVE_CONFIG"
 class ServeSettings:
     """The limits of the service (the ``elmo serve`` options of the same names)."""
 
-    max_batch_tokens: int = 8192
+    max_batch_tokens: int = 16384
     max_wait_ms: float = 10.0
     max_queue: int = 256
     max_body_bytes: int = 1 << 20

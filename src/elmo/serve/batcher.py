@@ -29,10 +29,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-import torch
 
 from elmo.choices import LAYERS, Layers, check_choice
-from elmo.embedder import split_outputs
 from elmo.module import ElmoModule
 from elmo.serve.metrics import Counter, Histogram, ThroughputWindow
 from elmo.serve.planning import CallCosts, plan_calls
@@ -41,11 +39,6 @@ __all__ = ["Batcher", "BatcherStopped", "Pool", "QueueFull", "pool_mean"]
 
 Pool = Literal["mean"]
 POOLS: tuple[Pool, ...] = ("mean",)
-
-# A model call holds at most this many times max_batch_tokens padded positions
-# (sentences x longest): the bound on its output memory.
-PADDED_PER_TOKEN = 4
-
 
 # Sentences per model call and tokens per model call: the buckets of the batch-size histograms.
 _SENTENCE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -88,8 +81,8 @@ class Batcher:
 
     ``max_batch_tokens``: the most tokens taken into one batch (a request larger than that
     alone is a batch of its own), and the queued tokens at which a batch starts without
-    waiting; a model call holds at most ``PADDED_PER_TOKEN`` times as many padded
-    positions (sentences x longest sentence).
+    waiting; a model call holds at most ``padded_per_token`` times as many padded
+    positions (sentences x longest sentence; see :class:`~elmo.serve.planning.CallCosts`).
     ``max_wait_ms``: how long the oldest queued request may wait for others to join
     (counted from the end of the previous batch if that is later). A batch also starts
     once as many requests have arrived since the previous one began as that one held:
@@ -103,7 +96,7 @@ class Batcher:
         self,
         module: ElmoModule,
         *,
-        max_batch_tokens: int = 8192,
+        max_batch_tokens: int = 16384,
         max_wait_ms: float = 10.0,
         max_queue: int = 256,
     ) -> None:
@@ -119,7 +112,6 @@ class Batcher:
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
-        self._n_layers = module.config.lstm.n_layers
         self._costs = CallCosts.for_model(module.config, packed=module.uses_fast_engine())
         self._pending: deque[_Request] = deque()
         self._pending_tokens = 0
@@ -289,7 +281,7 @@ class Batcher:
         rows.sort(key=lambda row: -len(row[0].sentences[row[1]]))
         lengths = [len(r.sentences[i]) for r, i in rows]
         self.batch_requests.observe(len(taken))
-        calls = plan_calls(lengths, self.max_batch_tokens * PADDED_PER_TOKEN, self._costs)
+        calls = plan_calls(lengths, self.max_batch_tokens * self._costs.padded_per_token, self._costs)
         # Shortest sentences first: a request is answered with the call of its longest
         # sentence, so answers leave (and their clients' next requests arrive) while the
         # rest of the batch still runs.
@@ -301,11 +293,7 @@ class Batcher:
         t0 = time.perf_counter()
         batch = [r.sentences[i] for r, i in chunk]
         try:
-            with torch.no_grad():
-                out = self.module.embed_tokens(batch)
-            by_layers: dict[str, list[np.ndarray]] = {}
-            for layers in {r.layers for r, _ in chunk}:
-                by_layers[layers] = split_outputs(out, layers, self._n_layers)
+            by_layers = self.module.embed_batch_layers(batch, {r.layers for r, _ in chunk})
         except Exception as e:
             for r, _ in chunk:
                 if not r.future.done():

@@ -1,29 +1,33 @@
 """How a batch of sentences is cut into model calls: the fewest, fullest calls that pay off.
 
 A model call's time has four parts, each measured by least squares over calls of many
-shapes (one torch thread, no autograd, AMD EPYC with AVX-512; the bundled model and a
+shapes (one torch thread, no autograd, AMD EPYC with AVX-512; the bundled model, and a
 random model of the original's size):
 
 - **rows**: every time step multiplies each active sentence's row through every LSTM
   weight, and every product has at least ``MIN_ROWS`` rows (so that a sentence's result
   does not depend on its company; see :mod:`elmo.model`). The fast engine packs the
-  sentences, so step ``t`` has ``max(MIN_ROWS, n_t)`` rows, ``n_t`` the sentences longer
-  than ``t``; the plain model runs every step over every sentence. A row-step (26 us for
-  the bundled model, 826 us for the original's size) is the unit below.
-- **steps**: a step's fixed work (its small elementwise operations): 6.6 row-steps for
-  the bundled model, 2.2 for the original's size; ``STEP_ROWS`` = 6.
-- **padded positions** (sentences x longest): the outputs, the layer mix, the copies out.
-  They cost ``PADDED_ROWS`` x (output floats per position) / (floating-point operations
-  per row-step): 0.079 row-steps for the bundled model (measured 0.079), 0.0099 for the
-  original's size (measured 0.0049: padding is charged double there, which costs little).
-- **a call**: preparing the batch and its bookkeeping: 85 row-steps (bundled), 38
+  sentences in lanes (:mod:`elmo.engine.recurrent`): a call of s steps (its longest
+  sentence and the two markers) runs ``max(MIN_ROWS x s, its rows)`` row-steps, the
+  short sentences filling the long one's steps (measured within a few row-steps on the
+  books' sentences). The plain model runs every step over every sentence. A row-step
+  (24 us for the bundled model, 826 us for the original's size) is the unit below.
+- **steps**: a step's fixed work (its small elementwise operations): 10 row-steps for the
+  bundled model, 2.2 for the original's size; ``STEP_ROWS`` = 6.
+- **padded positions** (sentences x longest): the plain model's outputs, the layer mix and
+  the copies out cost ``PADDED_ROWS`` x (output floats per position) / (floating-point
+  operations per row-step): 0.079 row-steps for the bundled model, 0.0099 for the
+  original's size. The fast engine's outputs hold real tokens only; what remains per
+  padded position is its bookkeeping, ``RAGGED_PADDED_FLOPS`` / (operations per row-step):
+  0.019 row-steps for the bundled model (measured 0.019).
+- **a call**: preparing the batch and its bookkeeping: 115 row-steps (bundled), 38
   (original's size); ``CALL_ROWS`` = 80.
 
 Sorting a batch by length and cutting it into contiguous calls with the least total cost
-then weighs the padding a long sentence imposes on short ones against the rows and steps
-a separate call would cost. The books' sentences the service was measured on, 8 to a
-request from 32 clients, go from calls of a fixed padded budget to about half as many
-calls (``benchmarks/RESULTS.md``).
+then weighs what a long sentence costs the short ones beside it against the steps and
+the call a separate call would cost. For the fast engine that is nearly always one call:
+the books' sentences the service was measured on, 8 to a request from 32 clients, run
+as one call per batch (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -41,16 +45,26 @@ __all__ = ["CallCosts", "plan_calls"]
 STEP_ROWS = 6.0
 CALL_ROWS = 80.0
 PADDED_ROWS = 486.0
+RAGGED_PADDED_FLOPS = 5_000.0
+# The sentence markers: a sentence of n tokens takes n + 2 steps.
+MARKERS = 2
 
 
 @dataclass(frozen=True)
 class CallCosts:
-    """The parts of a model call's cost, in row-steps (see the module docstring)."""
+    """The parts of a model call's cost, in row-steps (see the module docstring).
+
+    ``padded_per_token``: the padded positions (sentences x longest) a call may hold per
+    token of the batch budget, the bound on the memory that grows with them: the plain
+    model's padded outputs (3 KB a position for the bundled model), the fast engine's
+    index tables only (about 64 bytes a position).
+    """
 
     call: float = CALL_ROWS
     step: float = STEP_ROWS
-    padded: float = 0.079
-    packed: bool = True  # the fast engine: rows of finished sentences cost nothing
+    padded: float = 0.019
+    packed: bool = True  # the fast engine: lanes, outputs without padding
+    padded_per_token: int = 64
 
     @classmethod
     def for_model(cls, config: ElmoConfig, *, packed: bool) -> CallCosts:
@@ -60,20 +74,10 @@ class CallCosts:
         # gates' kernel and the cell by the projection.
         per_layer = 2 * lstm.projection_dim * 4 * lstm.dim + lstm.dim * lstm.projection_dim
         flops = 2 * 2 * lstm.n_layers * per_layer
+        if packed:
+            return cls(padded=RAGGED_PADDED_FLOPS / flops, packed=True, padded_per_token=64)
         outputs = (lstm.n_layers + 1) * config.output_dim
-        return cls(padded=PADDED_ROWS * outputs / flops, packed=packed)
-
-
-def _idle_rows(lengths: Sequence[int], start: int, end: int) -> int:
-    """Rows the packed steps of a call over ``lengths[start:end]`` run beyond its tokens:
-    between the k-th and the (k+1)-th longest sentence, k < MIN_ROWS sentences are active
-    and the step's products still have MIN_ROWS rows."""
-    rows = 0
-    for k in range(1, MIN_ROWS):
-        longer = lengths[start + k - 1] if start + k - 1 < end else 0
-        shorter = lengths[start + k] if start + k < end else 0
-        rows += (MIN_ROWS - k) * (longer - shorter)
-    return rows
+        return cls(padded=PADDED_ROWS * outputs / flops, packed=False, padded_per_token=4)
 
 
 def plan_calls(
@@ -101,21 +105,17 @@ def plan_calls(
         per_call = max(1, max_padded // width)
         pieces.extend((s, min(j, s + per_call), width) for s in range(i, j, per_call))
         i = j
-    # Idle rows of a call depend on its first MIN_ROWS sentences only: the same for every
-    # call of MIN_ROWS sentences or more from one start (the packed engine's only).
-    idle_from = (
-        {start: _idle_rows(lengths, start, len(lengths)) for start, _, _ in pieces} if costs.packed else {}
-    )
+    # Rows (markers included) of the sentences before each index: a call's rows in O(1).
+    before = [0, *itertools.accumulate(n + MARKERS for n in lengths)]
 
     def cost(start: int, end: int, width: int) -> float:
         count = end - start
-        if not costs.packed:
-            rows = float(max(MIN_ROWS, count) * width)
-        elif count >= MIN_ROWS:
-            rows = idle_from[start]
+        if costs.packed:
+            # Lanes: the steps carry MIN_ROWS rows, or all the call's rows if it has more.
+            # (The tokens' own rows are left out: every plan pays them alike.)
+            rows = max(0.0, MIN_ROWS * (width + MARKERS) - (before[end] - before[start]))
         else:
-            rows = _idle_rows(lengths, start, end)
-        # (The packed engine's tokens are left out: every plan pays them alike.)
+            rows = float(max(MIN_ROWS, count) * width)
         return costs.call + costs.step * width + rows + costs.padded * count * width
 
     best = [0.0] + [math.inf] * len(pieces)  # best[k]: the least cost of the first k pieces
