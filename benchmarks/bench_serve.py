@@ -18,9 +18,9 @@ answered as ``application/x-npy``.
    process with ``--threads`` torch threads; one warm-up pass (the token cache fills as
    it does in a serving process), then a timed pass; tokens/s. Measured again at the end,
    so that a change in the machine's load shows. Also ``m.embed`` on consecutive windows
-   of 32 requests' sentences, one call each: the most a service at 32 clients could reach,
-   since its batches hold only the sentences in flight (``m.embed`` itself sorts windows
-   of 1024).
+   of 32 requests' sentences, one call each: ``m.embed``'s own batching (batches of 64,
+   sorted within the window) given only the sentences a service at 32 clients has in
+   flight (``m.embed`` itself sorts windows of 1024).
 2. **Closed loop**: ``elmo serve --threads T`` in a subprocess; C clients (C in
    ``--clients``), each with one keep-alive HTTP/1.1 connection, send their next request
    as soon as the last is answered. Requests/s, tokens/s (of answered requests), latency
@@ -294,8 +294,8 @@ def _offline(model, sentences: list[list[str]]) -> float:
 
 
 def _offline_in_windows(model, sentences: list[list[str]], window: int) -> float:
-    """``m.embed`` on consecutive windows of ``window`` sentences, one call each: what any
-    batching can reach when it sees only the sentences of the requests in flight."""
+    """``m.embed`` on consecutive windows of ``window`` sentences, one call each: its own
+    batching when it sees only the sentences of the requests in flight."""
     tokens = sum(map(len, sentences))
     t0 = time.perf_counter()
     for start in range(0, len(sentences), window):

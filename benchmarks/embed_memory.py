@@ -53,6 +53,7 @@ def _input(path: Path, lines: int, distinct: bool) -> int:
 _STUB = """
 import sys
 from pathlib import Path
+import numpy as np
 import torch
 from elmo.embedfile import EmbedJob, embed_file
 
@@ -71,10 +72,8 @@ class Stub:
         pass
     def state_dict(self):
         return {}
-    def embed_tokens(self, batch):
-        width = max(1, max(len(t) for t in batch))
-        mask = torch.ones(len(batch), width, dtype=torch.bool)
-        return {"default": torch.zeros(len(batch), 32), "mask": mask}
+    def embed_batch(self, batch, layers="all"):
+        return [np.zeros(32, dtype=np.float32) for _ in batch]
 
 embed_file(Stub(), EmbedJob(input=sys.argv[1], output=Path(sys.argv[2]), layers="default", overwrite=True))
 """

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import elmo
-from conftest import reference_sentences
+from conftest import random_sentences, reference_sentences
+from elmo.choices import LAYERS
+from elmo.embedder import split_outputs
 
 SENTENCES = [
     "The cat sat on the mat .",
@@ -107,3 +109,28 @@ def test_embed_file_method(tiny_module, tmp_path):
     with h5py.File(tmp_path / "out.hdf5", "r") as f:
         assert f["0"].shape == (3, 32) and f["1"].shape == (0, 32)
         assert np.array_equal(f["2"][()], tiny_module.embed(["d"], layers="top")[0])
+
+
+@pytest.mark.parametrize("engine", ["fast", "plain"])
+def test_embed_batch_is_the_padded_outputs_split(tiny_model_files, engine):
+    """One model call for several choices: the fast engine computes real tokens only, the
+    plain model runs padded; either way each choice is what ``split_outputs`` makes of the
+    padded outputs (the mean over tokens of ``default`` within float32 rounding)."""
+    m = elmo.load(*tiny_model_files, engine=engine)
+    batch = [*random_sentences(2, 30), ["x" * 70, "y"], []]
+    got = m.embed_batch_layers(batch, LAYERS)
+    assert list(got) == list(LAYERS)
+    with torch.no_grad():
+        out = m.embed_tokens(batch)
+    for layers in LAYERS:
+        want = split_outputs(out, layers, m.config.lstm.n_layers)
+        assert len(got[layers]) == len(batch)
+        for g, w in zip(got[layers], want):
+            assert g.dtype == np.float32 and g.shape == w.shape and g.flags.c_contiguous
+            if layers == "default":
+                np.testing.assert_allclose(g, w, rtol=0, atol=1e-6)
+            else:
+                assert np.array_equal(g, w), layers
+    assert m.embed_batch([], "elmo") == []
+    with pytest.raises(ValueError, match="layers: expected one of all, top"):
+        m.embed_batch_layers(batch, ["elmo", "middle"])

@@ -15,7 +15,7 @@ import torch
 
 import elmo
 from conftest import random_model, random_sentences, reference_sentences, run_in_threads
-from elmo.chars import batch_to_char_ids
+from elmo.chars import batch_to_char_ids, sentence_to_char_ids
 from elmo.engine import FastBiLM, TokenCache, precision, recurrent
 from elmo.engine.precision import Linear, PairLinear, count_flops, native_bfloat16
 from elmo.engine.recurrent import PackedBatch
@@ -630,3 +630,32 @@ def test_cuda_equals_cpu_float32(small_bilm, stateful):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
     assert all(a.is_cuda for a in got.layers)
     _assert_close_outputs(_on_cpu(got), want)
+
+
+def test_ragged_is_the_padded_output_at_real_positions(small_bilm):
+    """``FastBiLM.ragged`` (no padded tensor anywhere) gives exactly the padded call's real
+    positions and states, for sentences in shared lanes, empty ones and carried state."""
+    batch = _lane_batch() + _edge_batch()
+    lengths = [len(s) for s in batch]
+    fast = FastBiLM(small_bilm)
+    tokens = sentence_to_char_ids([t for s in batch for t in s])
+    for state in (None, fast(batch_to_char_ids(batch)).state):
+        padded = fast(batch_to_char_ids(batch), state)
+        ragged = fast.ragged(tokens, lengths, state)
+        assert ragged.lengths == lengths
+        for a, b in zip(ragged.layers, padded.layers):
+            assert a.dtype == torch.float32 and torch.equal(a, b[padded.mask])
+        for s, t in zip(ragged.state, padded.state):
+            assert all(torch.equal(x, y) for x, y in zip(vars(s).values(), vars(t).values()))
+
+
+def test_ragged_refuses_what_does_not_add_up(tiny_bilm):
+    fast = FastBiLM(tiny_bilm)
+    tokens = sentence_to_char_ids(["a", "b", "c"])
+    with pytest.raises(ValueError, match="tokens: expected 4 rows \\(the sum of lengths\\), found 3"):
+        fast.ragged(tokens, [2, 2])
+    with pytest.raises(ValueError, match="all zero \\(padding\\)"):
+        fast.ragged(torch.cat([tokens, torch.zeros_like(tokens[:1])]), [4])
+    empty = fast.ragged(tokens[:0], [])
+    assert [tuple(layer.shape) for layer in empty.layers] == [(0, 16), (0, 32), (0, 32)]
+    assert [layer.shape[0] for layer in fast.ragged(tokens[:0], [0, 0]).layers] == [0, 0, 0]

@@ -12,7 +12,7 @@ import torch
 import elmo
 from conftest import run_in_threads
 from elmo.allennlp import Elmo, ElmoEmbedder
-from elmo.chars import batch_to_char_ids
+from elmo.chars import batch_to_char_ids, sentence_to_char_ids
 from elmo.runner import BiLMRunner, CarriedState, EngineOptions
 
 
@@ -150,3 +150,21 @@ def test_carried_state_copies(bilm):
     restored = pickle.loads(pickle.dumps(runner.state))
     for s, t in zip(restored.layers, runner.state.layers):
         assert all(torch.equal(x, y) for x, y in zip(vars(s).values(), vars(t).values()))
+
+
+@pytest.mark.parametrize("engine", ["fast", "plain"])
+def test_ragged_calls_carry_state_like_padded_ones(bilm, engine):
+    """Stateful: ``ragged`` takes and stores the carried state as ``__call__`` does, and
+    gives the padded call's values at the real positions."""
+    first, second = [["a", "b", "c"], ["d"]], [["e", "f"], ["g", "h", "i"], ["j"]]
+    padded = BiLMRunner(bilm, EngineOptions(engine=engine), stateful=True)
+    ragged = BiLMRunner(bilm, EngineOptions(engine=engine), stateful=True)
+    with torch.no_grad():
+        for batch in (first, second):
+            want = padded(batch_to_char_ids(batch))
+            got = ragged.ragged(sentence_to_char_ids([t for s in batch for t in s]), [len(s) for s in batch])
+            for a, b in zip(got.layers, want.layers):
+                assert torch.equal(a, b[want.mask])
+    for s, t in zip(ragged.state.layers or [], padded.state.layers or []):
+        assert all(torch.equal(x, y) for x, y in zip(vars(s).values(), vars(t).values()))
+    assert ragged.state.layers is not None
