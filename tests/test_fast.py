@@ -324,12 +324,15 @@ def _lane_batch() -> list[list[str]]:
     return [words[:90], *random_sentences(5, 40), words[100:160], ["solo"], []]
 
 
-def test_lanes_equal_plain_stateless_and_with_state(small_bilm):
+@pytest.mark.parametrize("lanes", [True, False])
+def test_lanes_equal_plain_stateless_and_with_state(small_bilm, monkeypatch, lanes):
     """Sentences that begin mid-lane (zero or carried state) equal the plain model, and
-    each equals itself alone (its company and its lane do not matter)."""
+    each equals itself alone (its company and its lane do not matter). Without lanes (what
+    GPUs run) the same."""
+    monkeypatch.setattr(recurrent, "LANE_DEVICES", frozenset({"cpu"} if lanes else ()))
     batch = _lane_batch()
     lengths = [len(s) + 2 for s in batch]
-    assert PackedBatch.build(lengths, torch.device("cpu")).restarts  # lanes are shared
+    assert bool(PackedBatch.build(lengths, torch.device("cpu")).restarts) == lanes
     fast = FastBiLM(small_bilm, cache_size=0)
     ids = batch_to_char_ids(batch)
     second = batch_to_char_ids([s[::-1] for s in batch])

@@ -14,8 +14,8 @@ are ordered by how long they stay busy, longest first, so step ``t`` concerns th
 ``offsets[t] : offsets[t] + n_t`` (time major, like PyTorch's ``PackedSequence``):
 ``sum(lengths)`` rows, no padding. Where a sentence begins in the middle of a lane, its
 lane's state is set to the sentence's initial state (zero, or the carried one) before
-that step. With every sentence in a lane of its own (``lanes=False``) this is the usual
-packing by decreasing length.
+that step. With every sentence in a lane of its own (``lanes=False``, the default on
+GPUs: :data:`LANE_DEVICES`) this is the usual packing by decreasing length.
 
 Each sentence goes through the same products and operations wherever it lies, and a
 product's rows do not depend on each other (see :mod:`elmo.engine.precision`): its
@@ -49,7 +49,13 @@ from torch import Tensor
 from elmo.engine.precision import Linear, PairLinear, backend_for
 from elmo.model import FORGET_BIAS, MIN_ROWS, LSTMLayer, gate_columns
 
-__all__ = ["LayerWeights", "PackedBatch", "assign_lanes", "run_layer"]
+__all__ = ["LANE_DEVICES", "LayerWeights", "PackedBatch", "assign_lanes", "run_layer"]
+
+
+# Devices on which short rows share lanes. On CPUs a step's idle rows cost as much as busy
+# ones (benchmarks/RESULTS.md). On GPUs a step's rows run in parallel, so idle rows cost
+# little, while each step where rows begin mid-lane adds a few small kernel launches.
+LANE_DEVICES = frozenset({"cpu"})
 
 
 def assign_lanes(lengths: list[int], lanes: bool = True) -> list[list[int]]:
@@ -113,7 +119,11 @@ class PackedBatch:
     last: Tensor
 
     @classmethod
-    def build(cls, lengths: list[int], device: torch.device, lanes: bool = True) -> PackedBatch:
+    def build(cls, lengths: list[int], device: torch.device, lanes: bool | None = None) -> PackedBatch:
+        """The packing of rows of ``lengths`` on ``device``; ``lanes``: whether short rows
+        share lanes (default: where that pays, :data:`LANE_DEVICES`)."""
+        if lanes is None:
+            lanes = device.type in LANE_DEVICES
         if any(n <= 0 for n in lengths):
             raise ValueError("packed rows need at least one step each")
         members = assign_lanes(lengths, lanes)
