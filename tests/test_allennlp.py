@@ -366,6 +366,21 @@ def test_embed_sentence_and_batch_shapes(tiny_model_files):
     assert embedder.embed_batch([[]])[0].shape == (3, 0, 2 * P)
 
 
+@pytest.mark.parametrize("engine", ["fast", "plain"])
+def test_embed_batch_is_batch_to_embeddings_without_padding(tiny_model_files, engine):
+    """``embed_batch`` (unpadded on the fast engine) gives exactly what ``batch_to_embeddings``
+    (padded) holds at the real positions, stateful calls included; each array its own copy."""
+    padded = ElmoEmbedder(*tiny_model_files, engine=engine)
+    unpadded = ElmoEmbedder(*tiny_model_files, engine=engine)
+    for batch in ([["the", "cat", "sat"], [], ["a"] * 30], [["dog"], ["x" * 60, "y"]]):
+        tensor, mask = padded.batch_to_embeddings(batch)
+        got = unpadded.embed_batch(batch)
+        for i, array in enumerate(got):
+            n = int(mask[i].sum())
+            assert array.flags.owndata and array.flags.c_contiguous
+            assert np.array_equal(array, tensor[i, :, :n].numpy())
+
+
 def test_embedder_state_and_reset(embedder):
     batch = [["the", "cat", "sat"], ["a", "dog"]]
     first = embedder.embed_batch(batch)

@@ -66,8 +66,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from elmo.chars import BOS_TOKEN, EOS_TOKEN, batch_to_char_ids, token_to_char_ids
+from elmo.chars import BOS_TOKEN, EOS_TOKEN, batch_to_char_ids, sentence_to_char_ids, token_to_char_ids
 from elmo.config import ElmoConfig
+from elmo.embedder import split_ragged
 from elmo.embedfile import EmbedJob, model_identity, write_embeddings
 from elmo.engine import DEFAULT_CACHE_SIZE
 from elmo.errors import ConfigurationError
@@ -842,13 +843,16 @@ class ElmoEmbedder:
         An empty sentence still runs ``<S> </S>`` through the LSTM of its row, which
         moves that row's carried state, as in AllenNLP.
         """
-        if not _check_batch(batch):
+        batch = _check_batch(batch)
+        if not batch:
             return []
-        tensor, mask = self.batch_to_embeddings(batch)
-        embeddings = tensor.cpu().numpy()
-        lengths = mask.sum(dim=1).tolist()
-        # Copies, so that keeping one sentence does not keep the whole padded batch alive.
-        return [np.ascontiguousarray(embeddings[i, :, :n]) for i, n in enumerate(lengths)]
+        tokens = sentence_to_char_ids(
+            [t for s in batch for t in s], self.config.char_cnn.max_characters_per_token
+        )
+        with torch.no_grad():
+            out = self._runner.ragged(tokens, [len(s) for s in batch])
+        # Copies, so that keeping one sentence does not keep the whole batch alive.
+        return [array.copy() for array in split_ragged(out, "all")]
 
     def embed_sentences(
         self, sentences: Iterable[list[str]], batch_size: int = DEFAULT_BATCH_SIZE

@@ -93,15 +93,21 @@ def split_outputs(out: dict[str, torch.Tensor], layers: str, n_layers: int) -> l
     return [np.ascontiguousarray(data[i, :n]) for i, n in enumerate(lengths)]
 
 
-def split_ragged(out: RaggedOutput, layers: str, elmo: Callable[[], torch.Tensor]) -> list[np.ndarray]:
+def split_ragged(
+    out: RaggedOutput, layers: str, elmo: Callable[[], torch.Tensor] | None = None
+) -> list[np.ndarray]:
     """Per-sentence arrays of one batch's unpadded layers (:class:`~elmo.model.RaggedOutput`),
     as :func:`embed` returns them for ``layers``; ``elmo`` gives the mixed layer ``[N, D]``
-    when ``layers`` needs it. The same values as :func:`split_outputs` on padded outputs."""
+    for the choices that need it (``elmo``, ``default``). The same values as
+    :func:`split_outputs` on padded outputs. The arrays are views of one array per batch."""
+    if elmo is None and layers in ("elmo", "default"):
+        raise ValueError(f"split_ragged: layers={layers!r} needs the mixed layer (elmo=)")
     lengths = out.lengths
     if not lengths:
         return []
     counts = torch.tensor(lengths, dtype=torch.long)
     if layers == "default":
+        assert elmo is not None
         mixed = elmo()
         sentence = torch.repeat_interleave(torch.arange(len(lengths)), counts).to(mixed.device)
         sums = mixed.new_zeros(len(lengths), mixed.shape[1]).index_add_(0, sentence, mixed)
@@ -124,6 +130,7 @@ def split_ragged(out: RaggedOutput, layers: str, elmo: Callable[[], torch.Tensor
     if layers == "word_emb":
         flat = out.layers[0]
     elif layers == "elmo":
+        assert elmo is not None
         flat = elmo()
     elif layers == "top":
         flat = out.layers[-1]
