@@ -523,11 +523,13 @@ def _cosines(got: list[torch.Tensor], want: list[torch.Tensor], mask: torch.Tens
 # original-size one is alike), the same with AVX2 and AVX-512 kernels:
 # - bfloat16: mean 0.99998, min 0.99997 (AVX-512 BF16, and emulated): floors 0.999 leave
 #   30x in 1 - cosine;
-# - int8 with 8-bit activations (CPUs with VNNI): mean 0.99989, min 0.99977: floors 0.999
-#   leave 9x and 4.4x;
+# - int8 with 8-bit activations (CPUs with VNNI): mean 0.99989, min 0.99973: floors 0.999
+#   leave 9x and 3.7x;
 # - int8 with 7-bit activations (CPUs without VNNI, e.g. AVX2-only: see
-#   elmo.engine.precision._reduce_range), forced here on any CPU: mean 0.99969, min 0.99931:
-#   floors 0.999 and 0.998 leave 3.2x and 2.9x.
+#   elmo.engine.precision._reduce_range), forced here on any CPU: mean 0.99969, min 0.99907:
+#   floors 0.999 and 0.998 leave 3.2x and 2.1x.
+# (int8 quantizes each product's activations with one scale: with lanes, which rows share a
+# product changed, and the int8 minima with it, from 0.99977 and 0.99931.)
 LOWER_PRECISION_FLOORS = {"bfloat16": (0.999, 0.999), "int8": (0.999, 0.999), "int8-7bit": (0.999, 0.998)}
 
 

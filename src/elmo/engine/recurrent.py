@@ -258,27 +258,33 @@ class LayerWeights:
         if self.paired:
             self._pair_gates = PairLinear((kernels[0], kernels[1]), (biases[0], biases[1]), precision)
             self._pair_projection = PairLinear((projections[0], projections[1]), None, precision)
-            self.groups = [slice(0, 2)]
+            self.groups = 1  # both directions in each product
         else:
             self._gates = [Linear(k, b, precision) for k, b in zip(kernels, biases)]
             self._projection = [Linear(w, None, precision) for w in projections]
-            self.groups = [slice(0, 1), slice(1, 2)]
+            self.groups = 2  # one product per direction
 
     @property
     def backend(self) -> str:
         return self._pair_gates.backend if self._pair_gates is not None else self._gates[0].backend
 
+    def view(self, group: int, x: Tensor) -> Tensor:
+        """The part of a per-direction tensor ``x`` ``[2, ...]`` that group ``group`` (of
+        ``groups``) computes on: both directions ``[2, ...]`` when paired, else direction
+        ``group``'s own ``[...]`` (what :meth:`gates` and :meth:`projection` take)."""
+        return x if self.paired else x[group]
+
     def gates(self, group: int, xh: Tensor) -> Tensor:
-        """Gate pre-activations ``[D, rows, 4H]`` for ``xh`` ``[D, rows, in + P]`` of ``groups[group]``."""
+        """Gate pre-activations ``[(D,) rows, 4H]`` for ``xh`` ``[(D,) rows, in + P]`` (:meth:`view`)."""
         if self._pair_gates is not None:
             return self._pair_gates(xh)
-        return self._gates[group](xh[0]).unsqueeze(0)
+        return self._gates[group](xh)
 
     def projection(self, group: int, m: Tensor) -> Tensor:
-        """Outputs ``[D, rows, P]`` for ``m`` ``[D, rows, H]`` of ``groups[group]``."""
+        """Outputs ``[(D,) rows, P]`` for ``m`` ``[(D,) rows, H]`` (:meth:`view`)."""
         if self._pair_projection is not None:
             return self._pair_projection(m)
-        return self._projection[group](m[0]).unsqueeze(0)
+        return self._projection[group](m)
 
 
 # Row counts of the step products are rounded up to a multiple of this: oneDNN generates
@@ -326,56 +332,69 @@ def run_layer(
     xh[:, :total, :in_dim] = inputs
     if h0 is not None and batch.counts:
         xh[:, :lanes, in_dim:] = h0.index_select(1, batch.first).to(dtype)
-    out = torch.zeros(2, total + 1, width, dtype=dtype, device=device)
+    # Every packed row is written by its step; the row `total` stays zero.
+    out = torch.empty(2, total + 1, width, dtype=dtype, device=device)
+    out[:, total].zero_()
     # The cell state of each lane stays float32 in every precision: it accumulates over
     # the whole sentence. Lanes past the active prefix are not touched, so they keep their
     # final values; a row that ends mid-lane leaves its final value in final_c.
     c = torch.zeros(2, lanes, cells, device=device)
     if c0 is not None:
         c.copy_(c0.index_select(1, batch.first))
-    final_c = torch.zeros(2, rows, cells, device=device)
+    final_c = torch.empty(2, rows, cells, device=device)  # every row's is written once
     # o * tanh(c), the projection's input; rows past the active ones stay finite.
     m = torch.zeros(2, _columns(lanes, align), cells, dtype=dtype, device=device)
     tanh_buf = torch.empty(2, lanes, cells, device=device)  # float32 scratch for tanh(c)
     cell_clip, proj_clip = weights.cell_clip, weights.proj_clip
     steps = len(batch.counts)
+    # Each group's own views of the buffers, made once: the step below takes rows (dim -2)
+    # and columns (dim -1) of them with one narrow each.
+    views = [[weights.view(group, x) for x in (xh, c, m, tanh_buf, out)] for group in range(weights.groups)]
     for t in range(steps):
         n, lo = batch.counts[t], batch.offsets[t]
         cols = _columns(n, align)
         nxt = batch.counts[t + 1] if t + 1 < steps else 0
-        for group, ds in enumerate(weights.groups):
-            gates = weights.gates(group, xh[ds, lo : lo + cols])[:, :n]
+        for group, (xh_g, c_g, m_g, tanh_g, out_g) in enumerate(views):
+            gates = weights.gates(group, xh_g.narrow(-2, lo, cols)).narrow(-2, 0, n)
             if gates.dtype != torch.float32:
                 # Nonlinearities and the cell update in float32: bfloat16 rounding of c
                 # would accumulate over the sentence.
                 gates = gates.float()
-            i, f = gates[:, :, :cells], gates[:, :, cells : 2 * cells]
-            o, j = gates[:, :, 2 * cells : 3 * cells], gates[:, :, 3 * cells :]
-            c_d = c[ds, :n]
+            i, f, o, j = gates.split(cells, dim=-1)
+            c_d = c_g.narrow(-2, 0, n)
+            m_d = m_g.narrow(-2, 0, n)
             if weights.tanh_by_sigmoid:
                 # One sigmoid over all four gates: tanh(z) = 2 sigmoid(2 z) - 1, and j's
                 # pre-activation arrives doubled. PyTorch's CPU tanh runs several times
-                # slower than its sigmoid; the identity's error here is about 1e-7.
+                # slower than its sigmoid; the identity's error here is about 1e-7. The
+                # doublings are additions (x + x) and the identity is folded into the
+                # products: operations with a Python number cost a conversion each.
                 gates.sigmoid_()
-                j.mul_(2.0).sub_(1.0)
+                # c = f c + i (2 s_j - 1) = f c + 2 i s_j - i
+                c_d.mul_(f).addcmul_(i, j, value=2.0).sub_(i)
+                if cell_clip is not None:
+                    c_d.clamp_(-cell_clip, cell_clip)
+                # m = o tanh(c) = 2 o s - o, with s = sigmoid(2 c), in float32 (a bfloat16
+                # m would round before the subtraction), then into m.
+                s_c = torch.add(c_d, c_d, out=tanh_g.narrow(-2, 0, n)).sigmoid_()
+                m_32 = m_d if m_d.dtype == torch.float32 else s_c
+                torch.mul(s_c, o, out=m_32)
+                m_32.add_(m_32).sub_(o)
+                if m_32 is not m_d:
+                    m_d.copy_(m_32)
             else:
-                gates[:, :, : 3 * cells].sigmoid_()
+                gates.narrow(-1, 0, 3 * cells).sigmoid_()
                 j.tanh_()
-            c_d.mul_(f).addcmul_(i, j)
-            if cell_clip is not None:
-                c_d.clamp_(-cell_clip, cell_clip)
-            # m = o * tanh(c)
-            if weights.tanh_by_sigmoid:
-                tanh_c = torch.mul(c_d, 2.0, out=tanh_buf[ds, :n]).sigmoid_().mul_(2.0).sub_(1.0)
-            else:
-                tanh_c = torch.tanh(c_d, out=tanh_buf[ds, :n])
-            torch.mul(tanh_c, o, out=m[ds, :n])
-            h = weights.projection(group, m[ds, :cols])[:, :n]
+                c_d.mul_(f).addcmul_(i, j)
+                if cell_clip is not None:
+                    c_d.clamp_(-cell_clip, cell_clip)
+                torch.mul(torch.tanh(c_d, out=tanh_g.narrow(-2, 0, n)), o, out=m_d)
+            h = weights.projection(group, m_g.narrow(-2, 0, cols)).narrow(-2, 0, n)
             if proj_clip is not None:
                 h.clamp_(-proj_clip, proj_clip)
-            out[ds, lo : lo + n] = h
+            out_g.narrow(-2, lo, n).copy_(h)
             if nxt:
-                xh[ds, lo + n : lo + n + nxt, in_dim:] = h[:, :nxt]
+                xh_g.narrow(-2, lo + n, nxt).narrow(-1, in_dim, width).copy_(h.narrow(-2, 0, nxt))
         restart = batch.restarts.get(t + 1)
         if restart is not None:
             # Rows begin mid-lane at the next step: keep the ended rows' cells, then give
