@@ -69,58 +69,54 @@ def test_pool_mean_is_the_mean_over_tokens():
     np.testing.assert_array_equal(pool_mean(a[0]), a[0].mean(axis=0))
 
 
+def _record_calls(module: elmo.ElmoModule, monkeypatch) -> list[list[list[str]]]:
+    """The sentences of each model call the inference thread makes, recorded as they run."""
+    calls = []
+    original = module.embed_batch_layers
+
+    def recording(batch, choices):
+        if threading.current_thread().name == "elmo-inference":
+            calls.append(batch)
+        return original(batch, choices)
+
+    monkeypatch.setattr(module, "embed_batch_layers", recording)
+    return calls
+
+
+def _run_and_check(batcher: Batcher, requests: list[list[list[str]]]) -> None:
+    """Queue every request, start the batcher, and check each answer against ``embed``."""
+    futures = [batcher.submit(r, "all") for r in requests]
+    batcher.start()
+    try:
+        for r, f in zip(requests, futures):
+            _assert_same(f.result(timeout=30), batcher.module.embed(r, "all"))
+    finally:
+        batcher.stop()
+
+
 def test_the_token_budget_splits_model_calls(module, monkeypatch):
     """A budget of 20 tokens: batches of at most 20 tokens, calls of at most 4 x 20 padded
     positions (sentences x longest), and a request spread over several batches and calls
     still gets its own arrays, in order."""
     rng = random.Random(3)
-    shapes = []
-    original = module.embed_batch_layers
-
-    def recording(batch, choices):
-        if threading.current_thread().name == "elmo-inference":
-            shapes.append((len(batch), max(map(len, batch))))
-        return original(batch, choices)
-
-    monkeypatch.setattr(module, "embed_batch_layers", recording)
+    calls = _record_calls(module, monkeypatch)
     batcher = Batcher(module, max_batch_tokens=20, max_wait_ms=0)
-    requests = [_sentences(rng, 4, longest=5) for _ in range(8)]  # at most 20 tokens each
-    futures = [batcher.submit(r, "all") for r in requests]
-    batcher.start()
-    try:
-        for r, f in zip(requests, futures):
-            _assert_same(f.result(timeout=30), module.embed(r, "all"))
-    finally:
-        batcher.stop()
-    assert len(shapes) == batcher.batch_sentences.count > 1
+    _run_and_check(batcher, [_sentences(rng, 4, longest=5) for _ in range(8)])  # <= 20 tokens each
+    assert len(calls) == batcher.batch_sentences.count > 1
     bound = 20 * CallCosts.for_model(module.config, packed=False).padded_per_token
-    assert all(rows * width <= bound for rows, width in shapes), shapes
+    assert all(len(call) * max(map(len, call)) <= bound for call in calls)
 
 
 def test_the_fast_engine_batches_a_long_sentence_with_short_ones(monkeypatch):
     """On the fast engine (lanes, unpadded outputs) the long sentence shares its call with
     short ones, and every request still gets what ``embed`` gives it alone."""
     module = elmo.load(tiny_model(), engine="fast")
-    calls = []
-    original = module.embed_batch_layers
-
-    def recording(batch, choices):
-        if threading.current_thread().name == "elmo-inference":
-            calls.append(len(batch))
-        return original(batch, choices)
-
-    monkeypatch.setattr(module, "embed_batch_layers", recording)
+    calls = _record_calls(module, monkeypatch)
     rng = random.Random(11)
     requests = [[["the"] * 120], *(_sentences(rng, 8, longest=6) for _ in range(12))]
-    batcher = Batcher(module, max_batch_tokens=10_000, max_wait_ms=0)
-    futures = [batcher.submit(r, "all") for r in requests]
-    batcher.start()
-    try:
-        for r, f in zip(requests, futures):
-            _assert_same(f.result(timeout=30), module.embed(r, "all"))
-    finally:
-        batcher.stop()
-    assert sum(calls) == 97 and calls[-1] > 1  # the long sentence's call (the last) is shared
+    _run_and_check(Batcher(module, max_batch_tokens=10_000, max_wait_ms=0), requests)
+    assert sum(map(len, calls)) == 97
+    assert len(calls[-1]) > 1 and ["the"] * 120 in calls[-1]  # the long sentence's call is shared
 
 
 def test_calls_run_shortest_first_and_answer_requests_as_they_finish(module, monkeypatch):
