@@ -66,7 +66,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from elmo.chars import BOS_TOKEN, EOS_TOKEN, batch_to_char_ids, sentence_to_char_ids, token_to_char_ids
+from elmo.chars import BOS_TOKEN, EOS_TOKEN, batch_to_char_ids, token_to_char_ids
 from elmo.config import ElmoConfig
 from elmo.embedder import split_ragged
 from elmo.embedfile import EmbedJob, model_identity, write_embeddings
@@ -846,11 +846,8 @@ class ElmoEmbedder:
         batch = _check_batch(batch)
         if not batch:
             return []
-        tokens = sentence_to_char_ids(
-            [t for s in batch for t in s], self.config.char_cnn.max_characters_per_token
-        )
         with torch.no_grad():
-            out = self._runner.ragged(tokens, [len(s) for s in batch])
+            out = self._runner.ragged_sentences(batch)
         # Copies, so that keeping one sentence does not keep the whole batch alive.
         return [array.copy() for array in split_ragged(out, "all")]
 

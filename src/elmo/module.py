@@ -8,6 +8,7 @@ outputs ``word_emb``, ``lstm_outputs1``, ``lstm_outputs2``, ``elmo``, ``default`
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from elmo import embedder
-from elmo.chars import batch_to_char_ids, sentence_to_char_ids
+from elmo.chars import batch_to_char_ids
 from elmo.choices import LAYERS, FileLayers, Layers, Precision, check_choice
 from elmo.config import ElmoConfig
 from elmo.engine import DEFAULT_CACHE_SIZE, FastBiLM
@@ -302,19 +303,9 @@ class ElmoModule(nn.Module):
         wanted = list(dict.fromkeys(choices))
         for layers in wanted:
             check_choice("layers", layers, LAYERS)
-        lengths = [len(s) for s in batch]
-        tokens = sentence_to_char_ids(
-            [t for s in batch for t in s], self.config.char_cnn.max_characters_per_token
-        )
         with torch.no_grad():
-            out = self._runner.ragged(tokens, lengths)
-            mixed: list[Tensor] = []
-
-            def elmo() -> Tensor:
-                if not mixed:
-                    mixed.append(self._mix(out.layers, out.full_width_layers))
-                return mixed[0]
-
+            out = self._runner.ragged_sentences(batch)
+            elmo = functools.cache(lambda: self._mix(out.layers, out.full_width_layers))
             return {layers: embedder.split_ragged(out, layers, elmo) for layers in wanted}
 
     def embed_tokens(self, batch: list[list[str]], width: int | None = None) -> dict[str, Tensor]:

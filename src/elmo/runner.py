@@ -33,6 +33,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+from elmo.chars import sentence_to_char_ids
 from elmo.choices import ENGINES, PRECISIONS, Engine, Precision, check_choice
 from elmo.engine import DEFAULT_CACHE_SIZE, FastBiLM
 from elmo.model import BiLMOutput, ElmoBiLM, LayerState, RaggedOutput
@@ -237,6 +238,12 @@ class BiLMRunner:
         (the same values as :meth:`__call__`)."""
         tokens = tokens.to(self.bilm.token_encoder.proj_b.device)
         return self._with_state(len(lengths), lambda initial: self._run_ragged(tokens, lengths, initial))
+
+    def ragged_sentences(self, batch: list[list[str]]) -> RaggedOutput:
+        """:meth:`ragged` for tokenized sentences (token lists)."""
+        max_chars = self.bilm.config.char_cnn.max_characters_per_token
+        tokens = sentence_to_char_ids([t for s in batch for t in s], max_chars)
+        return self.ragged(tokens, [len(s) for s in batch])
 
     def _with_state(self, rows: int, run: Callable[[list[LayerState] | None], _Output]) -> _Output:
         if not self.stateful:

@@ -217,31 +217,29 @@ class FastBiLM:
                 raise ValueError(
                     "tokens: a token's character ids are all zero (padding), expected a real token"
                 )
-            proj = self.config.lstm.projection_dim
             if not lengths:
-                layers = [torch.zeros(0, proj, device=device)]
-                layers += [torch.zeros(0, 2 * proj, device=device) for _ in self.plain.forward_layers]
-                return RaggedOutput(layers=layers, lengths=[], state=self.plain.zero_state(0))
-            run = self._run(tokens, lengths, state, device)
-            real = run.index[:, 1:-1][run.mask]  # table row of each token, sentence after sentence
-            layers = [run.table.index_select(0, real).float()]
-            fwd_pos, bwd_pos = run.positions
-            f_idx = fwd_pos[:, 1:-1][run.mask]
-            b_idx = bwd_pos[:, 1:-1][run.mask] + (run.packed.total + 1)
-            both_idx = torch.stack([f_idx, b_idx], dim=-1).reshape(-1)
-            for out in run.outputs:
-                both = out.reshape(2 * (run.packed.total + 1), proj).index_select(0, both_idx).float()
-                layers.append(both.view(-1, 2 * proj))
+                empty = self._empty(device, 0, keep_boundaries=False)
+                layers = [layer.view(0, layer.shape[-1]) for layer in empty.layers]
+                return RaggedOutput(layers=layers, lengths=[], state=empty.state)
+            run = self._run(tokens, lengths, max(lengths), state, device)
+            # The real positions, sentence after sentence.
+            layers = run.gather([table[:, 1:-1][run.mask] for table in (run.index, *run.positions)])
             return RaggedOutput(layers=layers, lengths=list(lengths), state=run.final)
 
     def _run(
-        self, tokens: Tensor, lengths: list[int], state: list[LayerState] | None, device: torch.device
+        self,
+        tokens: Tensor,
+        lengths: list[int],
+        steps: int,
+        state: list[LayerState] | None,
+        device: torch.device,
     ) -> _Run:
         """The biLSTM over sentences given as their tokens' character ids one after another
-        (``tokens`` [N, C]) and their ``lengths`` (at least one sentence)."""
+        (``tokens`` [N, C]) and their ``lengths`` (at least one sentence); the per-position
+        tables are ``steps`` (at least the longest length) plus the two markers wide."""
         weights = self._sync()
         plain = self.plain
-        batch, steps = len(lengths), max(lengths)
+        batch = len(lengths)
         proj = self.config.lstm.projection_dim
         lengths_t = torch.tensor(lengths, dtype=torch.long, device=device)
         mask = torch.arange(steps, device=device) < lengths_t.unsqueeze(1)
@@ -294,48 +292,33 @@ class FastBiLM:
             raise ValueError(
                 "character ids: padding tokens (all zero) must come after the real tokens of a row"
             )
-        proj = self.config.lstm.projection_dim
         if batch == 0:
             return self._empty(device, steps, keep_boundaries)
-        run = self._run(char_ids[mask], lengths_t.tolist(), state, device)
-        packed, (fwd_pos, bwd_pos) = run.packed, run.positions
-        inner = run.index.shape[1] - 2  # the longest row: at most `steps`
+        run = self._run(char_ids[mask], lengths_t.tolist(), steps, state, device)
+        packed = run.packed
 
         # Unpack: original row order, positions in reading order, padding exactly zero.
-        # Rows are as wide as the given char ids (their padding columns included).
         width = steps + 2
-        pos = torch.arange(width, device=device).unsqueeze(0)
-        index = torch.full((batch, width), run.zero_row, dtype=torch.long, device=device)
-        index[:, : inner + 2] = run.index
-        fwd_full = torch.full((batch, width), packed.total, dtype=torch.long, device=device)
-        bwd_full = fwd_full.clone()
-        fwd_full[:, : inner + 2] = fwd_pos
-        bwd_full[:, : inner + 2] = bwd_pos
         if keep_boundaries:
-            keep = pos < (lengths_t + 2).unsqueeze(1)
+            keep = torch.arange(width, device=device) < (lengths_t + 2).unsqueeze(1)
             first, last = 0, width
         else:
             keep = mask
             first, last = 1, steps + 1
-        word_index = torch.where(keep, index[:, first:last], run.zero_row)
-        layers = [run.table.index_select(0, word_index.reshape(-1)).view(batch, last - first, proj).float()]
-        # Each position's forward and backward rows side by side, gathered at once from both
-        # directions' packed outputs seen as one [2 (total + 1), P] table (the row `total`
-        # of each direction is zero): no half-width copies into the result.
-        f_idx = torch.where(keep, fwd_full[:, first:last], packed.total)
-        b_idx = torch.where(keep, bwd_full[:, first:last], packed.total) + (packed.total + 1)
-        both_idx = torch.stack([f_idx, b_idx], dim=-1).reshape(-1)
-        for out in run.outputs:
-            both = out.reshape(2 * (packed.total + 1), proj).index_select(0, both_idx).float()
-            layers.append(both.view(batch, last - first, 2 * proj))
+        # Every position of the rows, those not kept pointing at the zero rows.
+        indices = [
+            torch.where(keep, table[:, first:last], zero)
+            for table, zero in zip((run.index, *run.positions), (run.zero_row, packed.total, packed.total))
+        ]
+        layers = [layer.view(batch, last - first, layer.shape[-1]) for layer in run.gather(indices)]
         return BiLMOutput(layers=layers, mask=keep, state=run.final)
 
 
 @dataclass
 class _Run:
     """What :meth:`FastBiLM._run` leaves for unpacking: the token table (row ``zero_row``
-    is zero), each row's table index per position ``[B, longest + 2]`` (markers included),
-    the real tokens' ``mask`` [B, longest], the packing and its positions, each layer's
+    is zero), each row's table index per position ``[B, steps + 2]`` (markers included),
+    the real tokens' ``mask`` [B, steps], the packing and its positions, each layer's
     packed outputs, and the final states."""
 
     table: Tensor
@@ -346,3 +329,20 @@ class _Run:
     positions: tuple[Tensor, Tensor]
     outputs: list[Tensor]
     final: list[LayerState]
+
+    def gather(self, indices: list[Tensor]) -> list[Tensor]:
+        """The layers (float32) at the positions picked by ``indices``: the table index, the
+        forward and the backward packed index of each (any shape, the same for the three);
+        ``[M, P]`` then ``[M, 2P]`` per LSTM layer, M positions in the indices' order. Each
+        position's forward and backward rows come side by side from one gather of both
+        directions' packed outputs seen as one ``[2 (total + 1), P]`` table (row ``total``
+        of each direction is zero)."""
+        word, fwd, bwd = (i.reshape(-1) for i in indices)
+        layers = [self.table.index_select(0, word).float()]
+        total = self.packed.total
+        both = torch.stack([fwd, bwd + (total + 1)], dim=-1).reshape(-1)
+        for out in self.outputs:
+            width = out.shape[-1]
+            pairs = out.reshape(2 * (total + 1), width).index_select(0, both)
+            layers.append(pairs.float().view(-1, 2 * width))
+        return layers

@@ -18,8 +18,8 @@ random model of the original's size):
   the copies out cost ``PADDED_ROWS`` x (output floats per position) / (floating-point
   operations per row-step): 0.079 row-steps for the bundled model, 0.0099 for the
   original's size. The fast engine's outputs hold real tokens only; what remains per
-  padded position is its bookkeeping, ``RAGGED_PADDED_FLOPS`` / (operations per row-step):
-  0.019 row-steps for the bundled model (measured 0.019).
+  padded position is its index bookkeeping, ``RAGGED_PADDED_FLOPS`` / (operations per
+  row-step): 0.001 row-steps for the bundled model (timed on its own: 0.024 us a position).
 - **a call**: preparing the batch and its bookkeeping: 115 row-steps (bundled), 38
   (original's size); ``CALL_ROWS`` = 80.
 
@@ -62,7 +62,7 @@ class CallCosts:
 
     call: float = CALL_ROWS
     step: float = STEP_ROWS
-    padded: float = 0.019
+    padded: float = 0.001
     packed: bool = True  # the fast engine: lanes, outputs without padding
     padded_per_token: int = 64
 
